@@ -1,0 +1,79 @@
+"""Configuration in one place.
+
+Constants named here come from the MuseTalk reference implementation and papers
+(see ../shared/docs/reference-musetalk.md); settings are the user's choices, with defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+# --- MuseTalk model geometry (reference §0, §1.5, §1.6) -------------------------------------------
+FACE_SIZE = 256  # face crop side fed to the VAE
+LATENT_SIZE = 32  # VAE latent side (FACE_SIZE / 8)
+LATENT_CHANNELS = 4
+UNET_IN_CHANNELS = 8  # masked-frame latent (4) + reference latent (4)
+VAE_SCALING_FACTOR = 0.18215  # sd-vae-ft-mse latent scaling
+UNET_TIMESTEP = 0  # the UNet runs once, at this fixed timestep
+
+# --- Audio features (reference §1.7) --------------------------------------------------------------
+AUDIO_SAMPLE_RATE = 16_000  # whisper input rate
+WHISPER_FRAMES_PER_SECOND = 50  # encoder output: one frame per 20 ms
+WHISPER_SEGMENT_SECONDS = 30  # whisper encodes fixed 30 s windows
+WHISPER_HIDDEN_LAYERS = 5  # embedding output + 4 encoder layers of whisper-tiny
+WHISPER_HIDDEN_SIZE = 384  # whisper-tiny d_model == UNet cross_attention_dim
+AUDIO_CONTEXT_VIDEO_FRAMES = 2  # audio_padding_length_left/right: context in 25 fps video frames
+TRAINING_FPS = 25  # the rate the window convention is defined at
+# Whisper frames per 25 fps video frame (2), times (left + own + right) = 10 frames = 200 ms.
+WHISPER_FRAMES_PER_TRAINING_FRAME = WHISPER_FRAMES_PER_SECOND // TRAINING_FPS
+AUDIO_WINDOW_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * (2 * AUDIO_CONTEXT_VIDEO_FRAMES + 1)
+AUDIO_WINDOW_LEFT_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * AUDIO_CONTEXT_VIDEO_FRAMES  # 4 = 80 ms
+AUDIO_TOKENS = AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS  # 50 cross-attention tokens per frame
+POSITIONAL_ENCODING_MAX_LEN = 5000
+
+# --- Face crop and blend (reference §1.4, §1.9) ---------------------------------------------------
+DEFAULT_EXTRA_MARGIN_V15 = 10  # px added below the chin (v1.5)
+BLEND_FEATHER_RATIO = 0.05  # Gaussian feather width as a fraction of the crop width
+MASK_UPPER_BOUNDARY_RATIO = 0.5  # only rows below this fraction of the box height are replaced
+
+# --- Video ----------------------------------------------------------------------------------------
+DEFAULT_IMAGE_FPS = Fraction(25)  # frame rate given to a photo input
+OUTPUT_CRF = 18  # x264 quality used by the reference re-encode
+
+ModelVersion = Literal["v1", "v15"]
+SilenceMode = Literal["keep", "generate"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """How the face is found, followed and cropped."""
+
+    bbox_shift: int = 0  # px; moves the crop centre down (+) or up (-): more or less mouth opening
+    extra_margin: int = DEFAULT_EXTRA_MARGIN_V15  # px below the chin; v1.5 only
+    face_index: int = 0  # 0 = the largest face, 1 = the second largest, ...
+    smoothing_window: int = 5  # frames in the centred moving average of crop boxes
+    max_faces: int = 4  # faces FaceMesh looks for in each frame
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where and how fast the networks run."""
+
+    device: DeviceChoice = "auto"
+    dtype: DtypeChoice = "auto"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class DubSettings:
+    """Everything `lipsync dub` needs besides the input and output paths."""
+
+    version: ModelVersion = "v15"
+    face: FaceSettings = FaceSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    silence: SilenceMode = "keep"
+    image_fps: Fraction = DEFAULT_IMAGE_FPS

@@ -1,0 +1,1 @@
+"""Face analysis: landmarks, tracking, crop boxes, blend masks and paste-back."""

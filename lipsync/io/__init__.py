@@ -1,0 +1,1 @@
+"""Audio and video input/output: streaming decode, encode and muxing with PyAV."""

@@ -1,0 +1,1 @@
+"""Networks and their weight loading (MuseTalk VAE, UNet, Whisper encoder)."""

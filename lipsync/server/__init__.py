@@ -1,0 +1,1 @@
+"""Network server for real-time avatars (see issue 3)."""

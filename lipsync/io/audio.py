@@ -1,0 +1,90 @@
+"""Load the audio track of any file PyAV reads as mono float32 at a fixed sample rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from lipsync.config import AUDIO_SAMPLE_RATE
+from lipsync.errors import InputError
+
+AUDIO_FIX = "Give a file with an audio track (e.g. .wav, .mp3, .m4a, or a video with sound)."
+_UNSIGNED_8BIT_ZERO = 128
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono samples at `sample_rate`, plus what the source was."""
+
+    samples: np.ndarray  # float32, shape (n,)
+    sample_rate: int
+    duration: Fraction  # source sample count / source rate
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.duration)
+
+
+def load_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> Audio:
+    """Decode the first audio track, average its channels to mono and resample to `sample_rate`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist.", "Check the path and the spelling of the file name.")
+    if not path.is_file():
+        raise InputError(f"{path} is a folder, not an audio file.", AUDIO_FIX)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise InputError(f"{path} has no audio track.", AUDIO_FIX)
+            stream = container.streams.audio[0]
+            source_rate = stream.codec_context.sample_rate
+            source_channels = stream.codec_context.channels
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            source_samples = 0
+            pieces: list[np.ndarray] = []
+            for frame in container.decode(stream):
+                source_samples += frame.samples
+                pieces.extend(out.to_ndarray()[0] for out in resampler.resample(_mono_frame(frame)))
+            pieces.extend(out.to_ndarray()[0] for out in resampler.resample(None))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} is not a readable audio file ({exc}).", AUDIO_FIX) from exc
+    samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    if source_samples == 0 or samples.size == 0 or not source_rate:
+        raise InputError(f"{path} has an empty audio track.", AUDIO_FIX)
+    return Audio(
+        samples=samples,
+        sample_rate=sample_rate,
+        duration=Fraction(source_samples, source_rate),
+        source_sample_rate=source_rate,
+        source_channels=source_channels,
+    )
+
+
+def _mono_frame(frame: av.AudioFrame) -> av.AudioFrame:
+    mono = av.AudioFrame.from_ndarray(_mono_samples(frame)[np.newaxis], format="flt", layout="mono")
+    mono.sample_rate = frame.sample_rate
+    return mono
+
+
+def _mono_samples(frame: av.AudioFrame) -> np.ndarray:
+    """The frame's samples as float32 in [-1, 1], averaged over channels."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    # Packed formats come as one interleaved row; planar ones as one row per channel.
+    per_channel = data.reshape(-1, channels).T if not frame.format.is_planar else data
+    return _to_float(per_channel).mean(axis=0, dtype=np.float32)
+
+
+def _to_float(data: np.ndarray) -> np.ndarray:
+    if data.dtype.kind == "f":
+        return data.astype(np.float32, copy=False)
+    if data.dtype == np.uint8:
+        return (data.astype(np.float32) - _UNSIGNED_8BIT_ZERO) / _UNSIGNED_8BIT_ZERO
+    full_scale = float(2 ** (8 * data.dtype.itemsize - 1))
+    return (data.astype(np.float64) / full_scale).astype(np.float32)

@@ -1,0 +1,298 @@
+"""Read a video (PyAV) or a still image (OpenCV) as RGB frames: forward, reversed, ping-pong."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import cv2
+import numpy as np
+
+from lipsync.config import DEFAULT_IMAGE_FPS
+from lipsync.errors import InputError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+RGB_CHANNELS = 3
+# Reversed reading holds at most this many decoded frames at once ...
+REVERSE_CHUNK_FRAMES = 16
+# ... and never more than this many bytes of them (large frames get smaller chunks).
+REVERSE_CHUNK_MAX_BYTES = 256 * 1024 * 1024
+
+VIDEO_FIX = "Give a readable video file (e.g. .mp4, .mov, .mkv) or an image (.png, .jpg)."
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What decoding a video (or an image) will give."""
+
+    path: Path
+    fps: Fraction
+    frame_count: int
+    width: int
+    height: int
+    is_image: bool
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.frame_count / self.fps)
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInfo:
+    """Describe a video or image file; raise InputError when it cannot be used as the video input."""
+    path = Path(path)
+    _check_file(path)
+    if is_image_path(path):
+        image = _read_image(path)
+        height, width = image.shape[:2]
+        return VideoInfo(path, Fraction(image_fps), 1, width, height, is_image=True)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video track.", VIDEO_FIX)
+            stream = container.streams.video[0]
+            fps = _stream_fps(stream)
+            width, height = stream.codec_context.width, stream.codec_context.height
+        frame_count = len(_index_frames(path).pts)
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} is not a readable video ({exc}).", VIDEO_FIX) from exc
+    if frame_count == 0 or width <= 0 or height <= 0:
+        raise InputError(f"{path} has no video frames.", VIDEO_FIX)
+    if fps is None:
+        raise InputError(f"{path} has no frame rate in its header.", "Re-encode it with a fixed frame rate.")
+    return VideoInfo(path, fps, frame_count, width, height, is_image=False)
+
+
+def ping_pong_index(output_index: int, frame_count: int) -> int:
+    """Source frame for output frame `output_index`: 0, 1, ..., N-1, N-1, ..., 1, 0, 0, 1, ..."""
+    if frame_count < 1 or output_index < 0:
+        raise ValueError(f"need frame_count >= 1 and output_index >= 0, got {frame_count}, {output_index}")
+    phase = output_index % (2 * frame_count)
+    return phase if phase < frame_count else 2 * frame_count - 1 - phase
+
+
+class FrameReader:
+    """Streams RGB uint8 frames (H, W, 3) of a video or image without holding the whole video."""
+
+    def __init__(self, info: VideoInfo) -> None:
+        self.info = info
+        self._image: np.ndarray | None = None
+        self._index: _FrameIndex | None = None
+        self._open: set[av.container.InputContainer] = set()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for container in list(self._open):
+            container.close()
+        self._open.clear()
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Frames start .. stop-1 in order."""
+        stop = self.info.frame_count if stop is None else stop
+        self._check_range(start, stop)
+        if self.info.is_image:
+            yield from self._image_frames(stop - start)
+            return
+        if start == 0:
+            yield from self._decode_from_start(0, stop)
+        else:
+            yield from self._decode_range(start, stop)
+
+    def frames_reversed(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Frames stop-1 down to start, decoded chunk by chunk from the nearest earlier keyframe."""
+        self._check_range(start, stop)
+        if self.info.is_image:
+            yield from self._image_frames(stop - start)
+            return
+        chunk = self._chunk_frames()
+        chunk_stop = stop
+        while chunk_stop > start:
+            chunk_start = max(start, chunk_stop - chunk)
+            frames = list(self._decode_range(chunk_start, chunk_stop))
+            while frames:
+                yield frames.pop()
+            chunk_stop = chunk_start
+
+    def cycled(self, count: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(source index, frame) for output frames 0 .. count-1, following `ping_pong_index`."""
+        total = self.info.frame_count
+        if total == 1:
+            frame = next(self.frames(0, 1))
+            for _ in range(count):
+                yield 0, frame.copy()
+            return
+        produced = 0
+        forward = True
+        while produced < count:
+            take = min(total, count - produced)
+            if forward:
+                yield from zip(range(take), self.frames(0, take), strict=True)
+            else:
+                yield from zip(
+                    range(total - 1, total - 1 - take, -1),
+                    self.frames_reversed(total - take, total),
+                    strict=True,
+                )
+            produced += take
+            forward = not forward
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.info.frame_count:
+            raise ValueError(f"frame range {start}..{stop} is outside 0..{self.info.frame_count}")
+
+    def _chunk_frames(self) -> int:
+        frame_bytes = self.info.width * self.info.height * RGB_CHANNELS
+        return max(1, min(REVERSE_CHUNK_FRAMES, REVERSE_CHUNK_MAX_BYTES // frame_bytes))
+
+    def _image_frames(self, count: int) -> Iterator[np.ndarray]:
+        if self._image is None:
+            self._image = _read_image(self.info.path)
+        for _ in range(count):
+            yield self._image.copy()
+
+    def _open_stream(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+        container = av.open(str(self.info.path))
+        self._open.add(container)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return container, stream
+
+    def _release(self, container: av.container.InputContainer) -> None:
+        self._open.discard(container)
+        container.close()
+
+    def _decode_from_start(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Decode from the first frame, counting frames; pads with the last frame if the decoder
+        gives fewer frames than probed (a damaged tail), so timing stays aligned with the audio."""
+        container, stream = self._open_stream()
+        index = 0
+        last: np.ndarray | None = None
+        try:
+            for frame in container.decode(stream):
+                if index >= stop:
+                    break
+                if index >= start:
+                    last = _to_rgb(frame)
+                    yield last
+                index += 1
+        finally:
+            self._release(container)
+        if index < stop:
+            if last is None:
+                raise InputError(f"{self.info.path}: frame {index} could not be decoded.", VIDEO_FIX)
+            for _ in range(stop - max(index, start)):
+                yield last.copy()
+
+    def _decode_range(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Frames start .. stop-1: seek to the keyframe at or before `start`, then decode forward."""
+        if self._index is None:
+            self._index = _index_frames(self.info.path)
+        done = start
+        if self._index.seekable and start > 0:
+            for frame in self._decode_after_seek(self._index, start, stop):
+                yield frame
+                done += 1
+        if done < stop:  # no usable seek, or timestamps disagreed: decode from the first frame
+            yield from self._decode_from_start(done, stop)
+
+    def _decode_after_seek(self, index: _FrameIndex, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Frames from `start` while their timestamps match the index; stops early otherwise."""
+        container, stream = self._open_stream()
+        try:
+            try:
+                keyframe = index.keyframe_pts_before(start)
+                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                return
+            wanted = start
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < index.pts[start]:
+                    continue  # frames before the range, including undecodable leading ones
+                if frame.pts != index.pts[wanted]:
+                    return
+                yield _to_rgb(frame)
+                wanted += 1
+                if wanted == stop:
+                    return
+        finally:
+            self._release(container)
+
+
+@dataclass(frozen=True)
+class _FrameIndex:
+    """Presentation timestamps of every frame, in order, and which ones are keyframes."""
+
+    pts: list[int]
+    keyframe_pts: list[int]
+    seekable: bool  # every frame has a distinct timestamp and the first frame is a keyframe
+
+    def keyframe_pts_before(self, frame: int) -> int:
+        return self.keyframe_pts[bisect.bisect_right(self.keyframe_pts, self.pts[frame]) - 1]
+
+
+def _index_frames(path: Path) -> _FrameIndex:
+    """One demux pass (no decoding): the frames decoding will give, by their packets."""
+    pts: list[int | None] = []
+    keyframes: list[int] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe and packet.pts is not None:
+                keyframes.append(packet.pts)
+    known = [p for p in pts if p is not None]
+    if len(known) < len(pts) or len(set(known)) < len(known):
+        return _FrameIndex(list(range(len(pts))), [], seekable=False)
+    ordered = sorted(known)
+    seekable = bool(keyframes) and min(keyframes) == ordered[0]
+    return _FrameIndex(ordered, sorted(keyframes), seekable)
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate.numerator, rate.denominator)
+    return None
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path} does not exist.", "Check the path and the spelling of the file name.")
+    if not path.is_file():
+        raise InputError(f"{path} is a folder, not a video or image file.", VIDEO_FIX)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """RGB pixels of a still image, turned upright by its EXIF orientation (phone photos need it)."""
+    try:
+        encoded = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"{path} cannot be read ({exc}).", "Check the file's permissions.") from exc
+    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    if image is None:
+        raise InputError(f"{path} is not a readable image.", VIDEO_FIX)
+    return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))

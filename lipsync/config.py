@@ -14,6 +14,7 @@ from typing import Literal
 FACE_SIZE = 256  # face crop side fed to the VAE
 LATENT_SIZE = 32  # VAE latent side (FACE_SIZE / 8)
 LATENT_CHANNELS = 4
+IMAGE_CHANNELS = 3  # RGB in and out of the VAE
 UNET_IN_CHANNELS = 8  # masked-frame latent (4) + reference latent (4)
 VAE_SCALING_FACTOR = 0.18215  # sd-vae-ft-mse latent scaling
 UNET_TIMESTEP = 0  # the UNet runs once, at this fixed timestep
@@ -32,6 +33,11 @@ AUDIO_WINDOW_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * (2 * AUDIO_CONTEXT_VID
 AUDIO_WINDOW_LEFT_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * AUDIO_CONTEXT_VIDEO_FRAMES  # 4 = 80 ms
 AUDIO_TOKENS = AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS  # 50 cross-attention tokens per frame
 POSITIONAL_ENCODING_MAX_LEN = 5000
+POSITIONAL_ENCODING_BASE = 10_000  # sinusoidal PE wavelength base
+WHISPER_MEL_BINS = 80  # log-mel bins fed to the whisper encoder
+WHISPER_ENCODER_LAYERS = WHISPER_HIDDEN_LAYERS - 1  # hidden states = embedding output + one per layer
+WHISPER_SEGMENT_SAMPLES = AUDIO_SAMPLE_RATE * WHISPER_SEGMENT_SECONDS  # 480 000
+WHISPER_SEGMENT_FRAMES = WHISPER_FRAMES_PER_SECOND * WHISPER_SEGMENT_SECONDS  # 1500 encoder frames
 
 # --- Face crop and blend (reference §1.4, §1.9) ---------------------------------------------------
 DEFAULT_EXTRA_MARGIN_V15 = 10  # px added below the chin (v1.5)

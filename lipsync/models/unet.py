@@ -1,0 +1,88 @@
+"""The MuseTalk UNet: one pass at a fixed timestep, (masked, reference) latents + audio -> face latent."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lipsync.config import (
+    AUDIO_TOKENS,
+    LATENT_CHANNELS,
+    LATENT_SIZE,
+    POSITIONAL_ENCODING_BASE,
+    UNET_IN_CHANNELS,
+    UNET_TIMESTEP,
+    WHISPER_HIDDEN_SIZE,
+)
+
+if TYPE_CHECKING:
+    from lipsync.models.loading import MuseTalkModels
+
+_CROSS_ATTN_DOWN = "CrossAttnDownBlock2D"
+_CROSS_ATTN_UP = "CrossAttnUpBlock2D"
+
+
+def unet_config(tiny: bool = False) -> dict[str, Any]:
+    """musetalk.json (identical for v1.0 and v1.5), or a tiny variant that keeps every interface."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.6.0.dev0",
+        "act_fn": "silu",
+        # Legacy diffusers meaning: the number of heads (8), not the head dimension.
+        "attention_head_dim": 2 if tiny else 8,
+        "block_out_channels": [32, 32, 64, 64] if tiny else [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": WHISPER_HIDDEN_SIZE,
+        "down_block_types": [_CROSS_ATTN_DOWN, _CROSS_ATTN_DOWN, _CROSS_ATTN_DOWN, "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": UNET_IN_CHANNELS,
+        "layers_per_block": 1 if tiny else 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": LATENT_CHANNELS,
+        "sample_size": LATENT_SIZE if tiny else 64,
+        "up_block_types": ["UpBlock2D", _CROSS_ATTN_UP, _CROSS_ATTN_UP, _CROSS_ATTN_UP],
+    }
+
+
+def positional_encoding(length: int = AUDIO_TOKENS, d_model: int = WHISPER_HIDDEN_SIZE) -> torch.Tensor:
+    """(length, d_model) sinusoidal encoding: sin on even dims, cos on odd dims (float32)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    inv_wavelength = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(POSITIONAL_ENCODING_BASE) / d_model)
+    )
+    pe = torch.zeros(length, d_model)
+    pe[:, 0::2] = torch.sin(position * inv_wavelength)
+    pe[:, 1::2] = torch.cos(position * inv_wavelength)
+    return pe
+
+
+@lru_cache(maxsize=4)
+def _audio_pe(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # The reference casts the PE table to the model dtype before adding it.
+    return positional_encoding().to(device, dtype)
+
+
+def predict_latents(
+    models: MuseTalkModels, latents: torch.Tensor, audio_tokens: torch.Tensor
+) -> torch.Tensor:
+    """latents (B, 8, 32, 32), audio tokens (B, 50, 384) without PE -> predicted latents (B, 4, 32, 32)."""
+    batch = latents.shape[0]
+    if latents.shape != (batch, UNET_IN_CHANNELS, LATENT_SIZE, LATENT_SIZE):
+        raise ValueError(f"expected (B, 8, {LATENT_SIZE}, {LATENT_SIZE}) latents, got {tuple(latents.shape)}")
+    if audio_tokens.shape != (batch, AUDIO_TOKENS, WHISPER_HIDDEN_SIZE):
+        raise ValueError(f"expected ({batch}, 50, 384) audio tokens, got {tuple(audio_tokens.shape)}")
+    memory_format = torch.channels_last if models.device.type == "cpu" else torch.contiguous_format
+    latents = latents.to(models.device, models.dtype).contiguous(memory_format=memory_format)
+    context = audio_tokens.to(models.device, models.dtype) + _audio_pe(models.device, models.dtype)
+    timestep = torch.tensor([UNET_TIMESTEP], device=models.device)
+    with torch.inference_mode():
+        unet: Any = models.unet  # diffusers' ModelMixin is untyped as a callable
+        out: torch.Tensor = unet(latents, timestep, encoder_hidden_states=context).sample
+    return out

@@ -1,0 +1,275 @@
+"""Offline dubbing: a video (or photo) plus a speech track in, the same video with new lips out.
+
+Two streaming passes over the source, with bounded memory:
+1. face analysis: landmarks and a smoothed crop box per source frame (small arrays, no frames kept);
+2. generation: frames in output order (cycling forwards then backwards when the audio is longer),
+   in batches: crop → VAE encode → audio window → one UNet pass → VAE decode → paste back → encode.
+Frames without a face, or (with `silence="keep"`) in silent stretches, pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lipsync.config import AUDIO_SAMPLE_RATE, AUDIO_TOKENS, FACE_SIZE, WHISPER_HIDDEN_SIZE, DubSettings
+from lipsync.errors import InputError, NoFaceError, OutputError
+from lipsync.face.blend import paste_face
+from lipsync.face.crop import crop_face
+from lipsync.face.landmarks import FaceMeshDetector
+from lipsync.face.mask import lower_face_mask
+from lipsync.face.track import FaceTrack, track_face
+from lipsync.io.audio import Audio, load_audio
+from lipsync.io.video import FrameReader, VideoInfo, probe_video
+from lipsync.io.writer import VideoWriter
+from lipsync.models.audio_features import AudioFeatureStream, frame_count_for_audio
+from lipsync.models.device import resolve_device, resolve_dtype
+from lipsync.models.loading import MuseTalkModels, load_models
+from lipsync.models.unet import predict_latents
+from lipsync.models.vae import decode_latents, encode_faces
+from lipsync.pipeline.silence import speech_strengths
+from lipsync.pipeline.timing import Stage, StageTimes
+
+UNTRAINED_LABEL = (
+    "made with UNTRAINED scaffolded weights (lipsync weights scaffold): "
+    "the mouth is random output, not a real lip-sync result"
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DubSummary:
+    """What a dubbing run produced, and where the time went."""
+
+    output: Path
+    frames: int
+    frames_with_face: int
+    frames_generated: int
+    fps: Fraction
+    audio_seconds: float
+    untrained: bool
+    wall_seconds: float
+    times: StageTimes = field(repr=False)
+
+    def format(self) -> str:
+        lines = [
+            f"wrote {self.output}",
+            f"  frames: {self.frames} at {float(self.fps):.3f} fps ({self.audio_seconds:.2f} s of audio)",
+            f"  frames with a face: {self.frames_with_face}; mouth generated in: {self.frames_generated}",
+            f"  wall time: {self.wall_seconds:.1f} s ({self.frames / max(self.wall_seconds, 1e-9):.2f} fps)",
+            "  time per stage:",
+            self.times.table(self.frames),
+        ]
+        if self.untrained:
+            lines.insert(0, f"WARNING: {UNTRAINED_LABEL}")
+        return "\n".join(lines)
+
+
+class DubPipeline:
+    """Loaded models plus settings; call it once per (source, audio, output)."""
+
+    def __init__(self, models: MuseTalkModels, settings: DubSettings) -> None:
+        self.models = models
+        self.settings = settings
+
+    @classmethod
+    def from_weights(cls, weights: Path, settings: DubSettings) -> DubPipeline:
+        device = resolve_device(settings.runtime.device)
+        dtype = resolve_dtype(settings.runtime.dtype, device)
+        return cls(load_models(weights, settings.version, device, dtype), settings)
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run every network once on a full batch, so first-call costs stay out of timings."""
+        size = self.settings.runtime.batch_size
+        crops = np.zeros((size, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+        tokens = torch.zeros(
+            (size, AUDIO_TOKENS, WHISPER_HIDDEN_SIZE), device=self.models.device, dtype=self.models.dtype
+        )
+        decode_latents(self.models, predict_latents(self.models, encode_faces(self.models, crops), tokens))
+
+    def __call__(
+        self,
+        source: Path,
+        audio_path: Path,
+        output: Path,
+        *,
+        progress: bool = True,
+        max_frames: int | None = None,
+    ) -> DubSummary:
+        started = time.perf_counter()
+        times = StageTimes(device=self.models.device)
+        _check_distinct_paths(source, audio_path, output)
+
+        info = probe_video(source, self.settings.image_fps)
+        audio = load_audio(audio_path, AUDIO_SAMPLE_RATE)
+        total = frame_count_for_audio(audio.duration, info.fps)
+        if max_frames is not None:
+            total = min(total, max_frames)
+        if total == 0:
+            raise InputError(
+                f"{audio_path} lasts {audio.duration_s:.3f} s: "
+                f"less than one frame at {float(info.fps):.2f} fps",
+                "give a speech track at least one frame long",
+            )
+
+        with FrameReader(info) as reader:
+            track = self._find_faces(reader, info, min(info.frame_count, total), times, progress)
+            if track.faces_found == 0:
+                raise NoFaceError(
+                    f"no face was found in any frame of {source}",
+                    "use a video or photo where one face is clearly visible, frontal, at least 100 px wide",
+                )
+            strengths = self._mouth_strengths(audio, info.fps, total)
+            features = AudioFeatureStream(self.models, audio.samples, info.fps)
+            metadata = {"comment": UNTRAINED_LABEL} if self.models.untrained else {}
+            with VideoWriter(
+                output, info.fps, info.width, info.height, audio_path=audio_path, metadata=metadata
+            ) as writer:
+                with_face, generated = self._generate(
+                    reader, track, features, strengths, writer, total, times, progress
+                )
+
+        return DubSummary(
+            output=output,
+            frames=total,
+            frames_with_face=with_face,
+            frames_generated=generated,
+            fps=info.fps,
+            audio_seconds=audio.duration_s,
+            untrained=self.models.untrained,
+            wall_seconds=time.perf_counter() - started,
+            times=times,
+        )
+
+    def _find_faces(
+        self, reader: FrameReader, info: VideoInfo, count: int, times: StageTimes, progress: bool
+    ) -> FaceTrack:
+        bar = tqdm(total=count, desc="finding faces", unit="frame", disable=not progress, leave=False)
+        started = time.perf_counter()
+        decode_before = times.seconds[Stage.DECODE]
+        frames = _timed(reader.frames(0, count), times, Stage.DECODE)
+        with FaceMeshDetector(self.settings.face.max_faces, video_mode=not info.is_image) as detector:
+            track = track_face(
+                frames,
+                self.settings.face,
+                info.width,
+                info.height,
+                detector=detector,
+                on_frame=lambda _: bar.update(1),
+            )
+        bar.close()
+        decode_here = times.seconds[Stage.DECODE] - decode_before
+        times.seconds[Stage.LANDMARKS] += time.perf_counter() - started - decode_here
+        return track
+
+    def _mouth_strengths(self, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
+        if self.settings.silence == "generate":
+            return np.ones(total, dtype=np.float32)
+        return speech_strengths(audio.samples, audio.sample_rate, fps, total)
+
+    def _generate(
+        self,
+        reader: FrameReader,
+        track: FaceTrack,
+        features: AudioFeatureStream,
+        strengths: np.ndarray,
+        writer: VideoWriter,
+        total: int,
+        times: StageTimes,
+        progress: bool,
+    ) -> tuple[int, int]:
+        """Write `total` output frames; return (frames with a face, frames with a generated mouth)."""
+        with_face = generated = 0
+        frames = _timed(reader.cycled(total), times, Stage.DECODE)
+        bar = tqdm(total=total, desc="dubbing", unit="frame", disable=not progress)
+        output_index = 0
+        for batch in _batched(frames, self.settings.runtime.batch_size):
+            indices = range(output_index, output_index + len(batch))
+            active = [
+                k for k, (src, _) in enumerate(batch) if track.has_face(src) and strengths[indices[k]] > 0
+            ]
+            with_face += sum(track.has_face(src) for src, _ in batch)
+            faces = self._generate_faces(
+                [batch[k] for k in active], [indices[k] for k in active], track, features, times
+            )
+            with times.measure(Stage.BLEND):
+                out_frames = [frame for _, frame in batch]
+                for face, k in zip(faces, active, strict=True):
+                    src, frame = batch[k]
+                    box, landmarks = track.box(src), track.landmarks(src)
+                    assert box is not None and landmarks is not None
+                    mask = lower_face_mask(landmarks, box)
+                    out_frames[k] = paste_face(frame, face, box, mask, float(strengths[indices[k]]))
+            with times.measure(Stage.ENCODE):
+                for frame in out_frames:
+                    writer.write(frame)
+            generated += len(active)
+            output_index += len(batch)
+            bar.update(len(batch))
+        bar.close()
+        return with_face, generated
+
+    @torch.inference_mode()
+    def _generate_faces(
+        self,
+        batch: list[tuple[int, np.ndarray]],
+        output_indices: list[int],
+        track: FaceTrack,
+        features: AudioFeatureStream,
+        times: StageTimes,
+    ) -> np.ndarray:
+        """New 256x256 faces for the given (source index, frame) pairs."""
+        if not batch:
+            return np.empty((0,), dtype=np.uint8)
+        crops = []
+        for src, frame in batch:
+            box = track.box(src)
+            assert box is not None
+            crops.append(crop_face(frame, box))
+        with times.measure(Stage.VAE_ENCODE):
+            latents = encode_faces(self.models, np.stack(crops))
+        with times.measure(Stage.AUDIO_FEATURES):
+            tokens = features.windows(output_indices)
+        with times.measure(Stage.UNET):
+            predicted = predict_latents(self.models, latents, tokens)
+        with times.measure(Stage.VAE_DECODE):
+            return decode_latents(self.models, predicted)
+
+
+def _check_distinct_paths(source: Path, audio_path: Path, output: Path) -> None:
+    """Never overwrite what the user gave us."""
+    target = output.resolve()
+    for given in (source, audio_path):
+        if given.exists() and given.resolve() == target:
+            raise OutputError(
+                f"the output {output} is the same file as the input {given}",
+                "choose another output path; lipsync never overwrites its inputs",
+            )
+
+
+def _timed(items: Iterable[T], times: StageTimes, stage: Stage) -> Iterator[T]:
+    """Yield from `items`, charging the time spent producing each item to `stage`."""
+    iterator = iter(items)
+    while True:
+        with times.measure(stage):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

@@ -8,7 +8,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.face.landmarks import (
     CHIN,
@@ -22,6 +21,8 @@ from lipsync.face.landmarks import (
     FaceLandmarks,
     FaceMeshDetector,
 )
+
+from conftest import media
 
 CLIPS = ["talk_a_22fps.mp4", "talk_b.mp4", "talk_c.mp4", "talk_d_mpeg4.mp4"]
 FRAMES_PER_CLIP = (0, 40, 80)

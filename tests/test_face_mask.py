@@ -5,13 +5,14 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.config import BLEND_FEATHER_RATIO
 from lipsync.face.blend import paste_face
 from lipsync.face.crop import CropBox, crop_box_from_landmarks
 from lipsync.face.landmarks import INNER_LIPS, OUTER_LIPS, FaceLandmarks, FaceMeshDetector
 from lipsync.face.mask import feather_kernel_size, lower_face_mask
+
+from conftest import media
 
 
 @pytest.fixture(scope="module")

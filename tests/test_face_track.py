@@ -8,13 +8,14 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.config import FaceSettings
 from lipsync.errors import InputError
 from lipsync.face.crop import crop_box_from_landmarks
 from lipsync.face.landmarks import FaceLandmarks
 from lipsync.face.track import INITIAL_FRAMES, FaceTrack, smooth_boxes, track_face
+
+from conftest import media
 
 SETTINGS = FaceSettings()
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.config import AUDIO_SAMPLE_RATE
 from lipsync.errors import InputError
 from lipsync.io.audio import load_audio
+
+from conftest import media
 
 MILLISECOND = 1e-3
 

@@ -10,11 +10,12 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.errors import InputError
 from lipsync.io import video
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
+
+from conftest import media
 
 EXIF_ORIENTATION = 0x0112
 EXIF_ROTATE_90_CW = 6

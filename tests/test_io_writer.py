@@ -9,13 +9,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import media
 
 from lipsync.errors import InputError, OutputError
 from lipsync.io import writer as writer_module
 from lipsync.io.audio import load_audio
 from lipsync.io.video import FrameReader, probe_video
 from lipsync.io.writer import VideoWriter
+
+from conftest import media
 
 
 def copy_clip(source: Path, out: Path, audio: Path, frame_count: int, crop: int = 0) -> None:

@@ -7,6 +7,10 @@ the spacing along each contour matches the iBUG layout.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -97,6 +101,34 @@ def _mesh_pixels(result: Any, width: int, height: int) -> list[np.ndarray]:
     ]
 
 
+# mediapipe's native code logs setup chatter (TFLite delegate, absl warnings) straight to file
+# descriptor 2 from its graph threads, asynchronously, while graphs open and first run; no
+# environment variable turns it off. We silence fd 2 while a graph opens (forced by one blank
+# frame) and for its first few calls.
+NOISY_FIRST_CALLS = 3
+WARM_UP_FRAME_SIZE = 64
+STDERR_FD = 2
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration (Python's sys.stderr included)."""
+    sys.stderr.flush()
+    saved = os.dup(STDERR_FD)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), STDERR_FD)
+            yield
+    finally:
+        os.dup2(saved, STDERR_FD)
+        os.close(saved)
+
+
+def _open_graph(solution: Any) -> None:
+    """Run one blank frame so the graph's calculators finish opening (and logging) now."""
+    solution.process(np.zeros((WARM_UP_FRAME_SIZE, WARM_UP_FRAME_SIZE, 3), dtype=np.uint8))
+
+
 class FaceMeshDetector:
     """Finds faces and their landmarks in RGB frames.
 
@@ -105,20 +137,30 @@ class FaceMeshDetector:
     """
 
     def __init__(self, max_faces: int = 4, video_mode: bool = True) -> None:
-        self._mesh: Any = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=not video_mode,
-            max_num_faces=max_faces,
-            refine_landmarks=False,
-            min_detection_confidence=MIN_DETECTION_CONFIDENCE,
-            min_tracking_confidence=MIN_TRACKING_CONFIDENCE,
-        )
+        with native_stderr_silenced():
+            self._mesh: Any = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=not video_mode,
+                max_num_faces=max_faces,
+                refine_landmarks=False,
+                min_detection_confidence=MIN_DETECTION_CONFIDENCE,
+                min_tracking_confidence=MIN_TRACKING_CONFIDENCE,
+            )
+            _open_graph(self._mesh)
         self._max_faces = max_faces
+        self._noisy_calls_left = NOISY_FIRST_CALLS
         # Created on first need: most videos never use the fallback.
         self._detector: Any = None
         self._crop_mesh: Any = None
 
     def detect(self, rgb: np.ndarray) -> list[FaceLandmarks]:
         """Every face found in an RGB uint8 (H, W, 3) frame, in any order."""
+        if self._noisy_calls_left > 0:
+            self._noisy_calls_left -= 1
+            with native_stderr_silenced():
+                return self._detect(rgb)
+        return self._detect(rgb)
+
+    def _detect(self, rgb: np.ndarray) -> list[FaceLandmarks]:
         rgb = np.ascontiguousarray(rgb)
         height, width = rgb.shape[:2]
         meshes = _mesh_pixels(self._mesh.process(rgb), width, height)
@@ -128,15 +170,19 @@ class FaceMeshDetector:
 
     def _detect_small(self, rgb: np.ndarray) -> list[np.ndarray]:
         if self._detector is None:
-            self._detector = mp.solutions.face_detection.FaceDetection(
-                model_selection=FULL_RANGE_DETECTOR, min_detection_confidence=MIN_DETECTION_CONFIDENCE
-            )
-            self._crop_mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True,
-                max_num_faces=1,
-                refine_landmarks=False,
-                min_detection_confidence=MIN_DETECTION_CONFIDENCE,
-            )
+            self._noisy_calls_left = NOISY_FIRST_CALLS  # the fallback graphs log on their first runs too
+            with native_stderr_silenced():
+                self._detector = mp.solutions.face_detection.FaceDetection(
+                    model_selection=FULL_RANGE_DETECTOR, min_detection_confidence=MIN_DETECTION_CONFIDENCE
+                )
+                self._crop_mesh = mp.solutions.face_mesh.FaceMesh(
+                    static_image_mode=True,
+                    max_num_faces=1,
+                    refine_landmarks=False,
+                    min_detection_confidence=MIN_DETECTION_CONFIDENCE,
+                )
+                _open_graph(self._detector)
+                _open_graph(self._crop_mesh)
         height, width = rgb.shape[:2]
         detections = self._detector.process(rgb).detections or []
         meshes: list[np.ndarray] = []

@@ -17,6 +17,12 @@ from conftest import media
 FAST = ["--device", "cpu", "--dtype", "fp32"]
 
 
+def dub_args(out: Path, weights: Path) -> list[str]:
+    """`lipsync dub` of the smallest shared clip with a 5 s speech track."""
+    clip, speech = media("talk_c.mp4"), media("speech_44k_stereo.wav")
+    return ["dub", str(clip), str(speech), "-o", str(out), "--weights", str(weights), *FAST]
+
+
 def test_weights_check_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", "check", str(tmp_path)]) == 1
     report = capsys.readouterr().out
@@ -34,19 +40,7 @@ def test_dub_writes_a_video_and_a_summary(
     tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "dubbed.mp4"
-    code = main(
-        [
-            "dub",
-            str(media("talk_c.mp4")),
-            str(media("speech_44k_stereo.wav")),
-            "-o",
-            str(out),
-            "--weights",
-            str(tiny_weights),
-            "-q",
-            *FAST,
-        ]
-    )
+    code = main([*dub_args(out, tiny_weights), "-q"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert out.stat().st_size > 0
@@ -64,18 +58,7 @@ def test_dub_with_partial_weights_names_each_missing_file(
     (partial / "musetalkV15" / "unet.pth").unlink()
     (partial / "whisper" / "preprocessor_config.json").unlink()
     out = tmp_path / "out.mp4"
-    code = main(
-        [
-            "dub",
-            str(media("talk_c.mp4")),
-            str(media("speech_44k_stereo.wav")),
-            "-o",
-            str(out),
-            "--weights",
-            str(partial),
-            *FAST,
-        ]
-    )
+    code = main(dub_args(out, partial))
     err = capsys.readouterr().err
     assert code == 2
     assert "unet.pth" in err and "preprocessor_config.json" in err
@@ -86,18 +69,7 @@ def test_dub_to_an_unwritable_place_fails_before_work(
     tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "missing-folder" / "out.mp4"
-    code = main(
-        [
-            "dub",
-            str(media("talk_c.mp4")),
-            str(media("speech_44k_stereo.wav")),
-            "-o",
-            str(out),
-            "--weights",
-            str(tiny_weights),
-            *FAST,
-        ]
-    )
+    code = main(dub_args(out, tiny_weights))
     assert code == 2
     assert "missing-folder" in capsys.readouterr().err
     assert not out.parent.exists()

@@ -13,7 +13,7 @@ from lipsync.config import FaceSettings
 from lipsync.errors import InputError
 from lipsync.face.crop import crop_box_from_landmarks
 from lipsync.face.landmarks import FaceLandmarks
-from lipsync.face.track import INITIAL_FRAMES, FaceTrack, smooth_boxes, track_face
+from lipsync.face.track import INITIAL_FRAMES, REACQUIRE_AFTER_FRAMES, FaceTrack, smooth_boxes, track_face
 
 from conftest import media
 
@@ -170,6 +170,22 @@ def test_follows_the_same_face_and_drops_jumps() -> None:
     assert [track.has_face(i) for i in range(4)] == [True, True, False, True]
     assert track.points[1, 29].tolist() == [205, 202]
     assert track.points[3, 29].tolist() == [210, 204]
+
+
+def test_a_face_that_returns_elsewhere_after_a_second_is_followed_again() -> None:
+    gap = REACQUIRE_AFTER_FRAMES + 1
+    script: list = [[(200, 200)], *([[]] * gap), [(600, 200)], [(605, 200)]]
+    track = track_face(script, SETTINGS, 800, 400, detector=ScriptedDetector())  # type: ignore[arg-type]
+    assert track.has_face(0) and not any(track.has_face(1 + i) for i in range(gap))
+    assert track.has_face(gap + 1) and track.has_face(gap + 2)
+    assert track.points[gap + 2, 29].tolist() == [605, 200]
+
+
+def test_a_short_absence_does_not_switch_to_another_face() -> None:
+    script: list = [[(200, 200)], [(600, 200)], [(600, 200)], [(202, 200), (600, 200)]]
+    track = track_face(script, SETTINGS, 800, 400, detector=ScriptedDetector())  # type: ignore[arg-type]
+    assert [track.has_face(i) for i in range(4)] == [True, False, False, True]
+    assert track.points[3, 29].tolist() == [202, 200]
 
 
 def test_arrays_grow_past_their_initial_length() -> None:

@@ -19,6 +19,9 @@ NO_BOX = -1
 # A face in the next frame is the followed face only if its landmark bounds overlap the last known
 # ones at least this much; otherwise that frame has no face (the face left, or only others remain).
 MIN_TRACK_IOU = 0.3
+# After this many frames without the followed face (about a second), it is chosen again by the same
+# size rule, so a speaker who leaves and comes back elsewhere is dubbed again.
+REACQUIRE_AFTER_FRAMES = 25
 INITIAL_FRAMES = 256  # per-frame arrays start this long and double when full
 
 
@@ -85,19 +88,25 @@ def track_face(
     points = np.full((INITIAL_FRAMES, POINTS, 2), np.nan, dtype=np.float32)
     ovals = np.full((INITIAL_FRAMES, OVAL_POINTS, 2), np.nan, dtype=np.float32)
     last: FaceLandmarks | None = None
+    last_seen = -1
     count = 0
     try:
         for index, frame in enumerate(frames):
             if index == len(raw_boxes):
                 raw_boxes, points, ovals = (_grow(a) for a in (raw_boxes, points, ovals))
             faces = det.detect(frame)
-            face = _choose_first(faces, settings.face_index) if last is None else _follow(faces, last)
+            if last is None:
+                face = _choose_first(faces, settings.face_index)
+            else:
+                face = _follow(faces, last)
+                if face is None and index - last_seen > REACQUIRE_AFTER_FRAMES:
+                    face = _by_size(faces, settings.face_index)
             if face is not None:
                 box = crop_box_from_landmarks(
                     face.points, frame_width, frame_height, settings.bbox_shift, settings.extra_margin
                 )
                 if box is not None:
-                    last = face
+                    last, last_seen = face, index
                     raw_boxes[index] = (box.x1, box.y1, box.x2, box.y2)
                     points[index] = face.points
                     ovals[index] = face.face_oval
@@ -142,7 +151,13 @@ def _choose_first(faces: list[FaceLandmarks], face_index: int) -> FaceLandmarks 
             f"face {face_index} was asked for, but the first frame with faces has only {found}",
             f"pick a face from 0 (the largest) to {len(faces) - 1} (the smallest) with --face N",
         )
-    return sorted(faces, key=lambda f: f.area, reverse=True)[face_index]
+    return _by_size(faces, face_index)
+
+
+def _by_size(faces: list[FaceLandmarks], face_index: int) -> FaceLandmarks | None:
+    """The face_index-th largest face, or None if there are not that many."""
+    ranked = sorted(faces, key=lambda f: f.area, reverse=True)
+    return ranked[face_index] if face_index < len(ranked) else None
 
 
 def _follow(faces: list[FaceLandmarks], last: FaceLandmarks) -> FaceLandmarks | None:

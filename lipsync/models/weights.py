@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -177,10 +177,32 @@ def is_untrained(root: Path) -> bool:
 
 # --- checks ---------------------------------------------------------------------------------------
 
-ConfigRule = Callable[[dict[str, Any]], str]
+# The config fields each file must have for our code (and the released weights) to fit.
+UNET_CONFIG_EXPECTED: dict[str, Any] = {
+    "_class_name": "UNet2DConditionModel",
+    "in_channels": UNET_IN_CHANNELS,
+    "out_channels": LATENT_CHANNELS,
+    "cross_attention_dim": WHISPER_HIDDEN_SIZE,
+}
+VAE_CONFIG_EXPECTED: dict[str, Any] = {
+    "_class_name": "AutoencoderKL",
+    "in_channels": IMAGE_CHANNELS,
+    "out_channels": IMAGE_CHANNELS,
+    "latent_channels": LATENT_CHANNELS,
+}
+WHISPER_CONFIG_EXPECTED: dict[str, Any] = {
+    "model_type": "whisper",
+    "d_model": WHISPER_HIDDEN_SIZE,
+    "encoder_layers": WHISPER_ENCODER_LAYERS,
+    "num_mel_bins": WHISPER_MEL_BINS,
+}
+PREPROCESSOR_CONFIG_EXPECTED: dict[str, Any] = {
+    "feature_size": WHISPER_MEL_BINS,
+    "sampling_rate": AUDIO_SAMPLE_RATE,
+}
 
 
-def _expect(config: dict[str, Any], **expected: Any) -> str:
+def _config_mismatches(config: dict[str, Any], expected: dict[str, Any]) -> str:
     wrong = [
         f"{k}={config[k]!r} (expected {v!r})" if k in config else f"{k} absent (expected {v!r})"
         for k, v in expected.items()
@@ -189,41 +211,7 @@ def _expect(config: dict[str, Any], **expected: Any) -> str:
     return "; ".join(wrong)
 
 
-def _unet_rule(config: dict[str, Any]) -> str:
-    return _expect(
-        config,
-        _class_name="UNet2DConditionModel",
-        in_channels=UNET_IN_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        cross_attention_dim=WHISPER_HIDDEN_SIZE,
-    )
-
-
-def _vae_rule(config: dict[str, Any]) -> str:
-    return _expect(
-        config,
-        _class_name="AutoencoderKL",
-        in_channels=IMAGE_CHANNELS,
-        out_channels=IMAGE_CHANNELS,
-        latent_channels=LATENT_CHANNELS,
-    )
-
-
-def _whisper_rule(config: dict[str, Any]) -> str:
-    return _expect(
-        config,
-        model_type="whisper",
-        d_model=WHISPER_HIDDEN_SIZE,
-        encoder_layers=WHISPER_ENCODER_LAYERS,
-        num_mel_bins=WHISPER_MEL_BINS,
-    )
-
-
-def _preprocessor_rule(config: dict[str, Any]) -> str:
-    return _expect(config, feature_size=WHISPER_MEL_BINS, sampling_rate=AUDIO_SAMPLE_RATE)
-
-
-def _check_json(path: Path, rule: ConfigRule) -> FileCheck:
+def _check_json(path: Path, expected: dict[str, Any]) -> FileCheck:
     if not path.is_file():
         return FileCheck(path, "missing", "")
     try:
@@ -232,7 +220,7 @@ def _check_json(path: Path, rule: ConfigRule) -> FileCheck:
         return FileCheck(path, "malformed", f"not valid JSON: {exc}")
     if not isinstance(config, dict):
         return FileCheck(path, "malformed", "not a JSON object")
-    wrong = rule(config)
+    wrong = _config_mismatches(config, expected)
     return FileCheck(path, "malformed" if wrong else "present", wrong)
 
 
@@ -287,14 +275,14 @@ def check_weights(root: Path, version: ModelVersion | None = None) -> WeightsRep
     versions = ALL_VERSIONS if version is None else (version,)
     layouts = [WeightsLayout(root, v) for v in versions]
     shared = layouts[0]
-    checks = [_check_json(layout.unet_config, _unet_rule) for layout in layouts]
+    checks = [_check_json(layout.unet_config, UNET_CONFIG_EXPECTED) for layout in layouts]
     checks += [_check_weights_file(layout.unet_weights) for layout in layouts]
     checks += [
-        _check_json(shared.vae_config, _vae_rule),
+        _check_json(shared.vae_config, VAE_CONFIG_EXPECTED),
         _check_weights_file(shared.vae_weights),
-        _check_json(shared.whisper_config, _whisper_rule),
+        _check_json(shared.whisper_config, WHISPER_CONFIG_EXPECTED),
         _check_weights_file(shared.whisper_weights),
-        _check_json(shared.whisper_preprocessor, _preprocessor_rule),
+        _check_json(shared.whisper_preprocessor, PREPROCESSOR_CONFIG_EXPECTED),
     ]
     return WeightsReport(root, versions, tuple(checks), is_untrained(root))
 

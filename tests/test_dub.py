@@ -205,6 +205,20 @@ def test_bad_inputs_fail_clearly(pipeline: DubPipeline, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.wav", "noise.png", "notes.mp4"]
 
 
+def test_an_unusable_output_path_fails_before_any_work(
+    pipeline: DubPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the face pass started before the output path was checked")
+
+    monkeypatch.setattr("lipsync.pipeline.dub.track_face", no_work)
+    clip, speech = media("talk_c.mp4"), media("speech_44k_stereo.wav")
+    with pytest.raises(OutputError, match="does not exist"):
+        pipeline(clip, speech, tmp_path / "no-such-folder" / "out.mp4", progress=False)
+    with pytest.raises(OutputError, match="video input: the same file"):
+        pipeline(clip, speech, clip, progress=False)
+
+
 def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
     import wave
 

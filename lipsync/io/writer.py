@@ -54,7 +54,7 @@ class VideoWriter:
         self.width, self.height = width, height
         self.frames_written = 0
         self._finished = False
-        _check_output(self.path, audio_path)
+        check_output_path(self.path, {"audio": Path(audio_path)} if audio_path is not None else {})
         self._temp = _create_temp_file(self.path)
         self._audio: _AudioMuxer | None = None
         try:
@@ -199,7 +199,11 @@ class _AudioMuxer:
         yield from self._resampler.resample(None)
 
 
-def _check_output(path: Path, audio_path: Path | None) -> None:
+def check_output_path(path: Path, inputs: Mapping[str, Path]) -> None:
+    """Raise OutputError unless `path` can be written and is none of the `inputs` (by role, e.g. "audio").
+
+    Cheap: callers run it before any long work, so a typo in the output path costs nothing.
+    """
     if path.is_dir():
         raise OutputError(f"Output path {path} is a folder.", "Give a file name, e.g. out.mp4.")
     parent = path.parent
@@ -207,10 +211,12 @@ def _check_output(path: Path, audio_path: Path | None) -> None:
         raise OutputError(f"Output folder {parent} does not exist.", f"Create it first: mkdir -p {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"Output folder {parent} is not writable.", OUTPUT_FIX)
-    if audio_path is not None and _same_file(path, Path(audio_path)):
-        raise OutputError(
-            f"Output path {path} is the audio input.", "Write to a new file; the input is read while writing."
-        )
+    for role, given in inputs.items():
+        if _same_file(path, given):
+            raise OutputError(
+                f"Output path {path} is the {role} input: the same file as {given}.",
+                "Write to a new file; lipsync never overwrites its inputs.",
+            )
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lipsync.config import AUDIO_SAMPLE_RATE, AUDIO_TOKENS, FACE_SIZE, WHISPER_HIDDEN_SIZE, DubSettings
-from lipsync.errors import InputError, NoFaceError, OutputError
+from lipsync.errors import InputError, NoFaceError
 from lipsync.face.blend import paste_face
 from lipsync.face.crop import crop_face
 from lipsync.face.landmarks import FaceMeshDetector
@@ -30,7 +30,7 @@ from lipsync.face.mask import lower_face_mask
 from lipsync.face.track import FaceTrack, track_face
 from lipsync.io.audio import Audio, load_audio
 from lipsync.io.video import FrameReader, VideoInfo, probe_video
-from lipsync.io.writer import VideoWriter
+from lipsync.io.writer import VideoWriter, check_output_path
 from lipsync.models.audio_features import AudioFeatureStream, frame_count_for_audio
 from lipsync.models.device import resolve_device, resolve_dtype
 from lipsync.models.loading import MuseTalkModels, load_models
@@ -109,7 +109,7 @@ class DubPipeline:
     ) -> DubSummary:
         started = time.perf_counter()
         times = StageTimes(device=self.models.device)
-        _check_distinct_paths(source, audio_path, output)
+        check_output_path(output, {"video": source, "audio": audio_path})
 
         info = probe_video(source, self.settings.image_fps)
         audio = load_audio(audio_path, AUDIO_SAMPLE_RATE)
@@ -245,17 +245,6 @@ class DubPipeline:
             predicted = predict_latents(self.models, latents, tokens)
         with times.measure(Stage.VAE_DECODE):
             return decode_latents(self.models, predicted)
-
-
-def _check_distinct_paths(source: Path, audio_path: Path, output: Path) -> None:
-    """Never overwrite what the user gave us."""
-    target = output.resolve()
-    for given in (source, audio_path):
-        if given.exists() and given.resolve() == target:
-            raise OutputError(
-                f"the output {output} is the same file as the input {given}",
-                "choose another output path; lipsync never overwrites its inputs",
-            )
 
 
 def _timed(items: Iterable[T], times: StageTimes, stage: Stage) -> Iterator[T]:

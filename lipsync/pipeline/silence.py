@@ -12,7 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipsync.config import AUDIO_WINDOW_FRAMES, AUDIO_WINDOW_LEFT_FRAMES, WHISPER_FRAMES_PER_SECOND
+from lipsync.config import AUDIO_WINDOW_FRAMES, WHISPER_FRAMES_PER_SECOND
+from lipsync.models.audio_features import audio_window_start
 
 SILENCE_BELOW_SPEECH_DB = 30.0  # a window this far below the loud speech level counts as silent
 SILENCE_FLOOR_DBFS = -60.0  # ... and any window below this absolute level does too
@@ -25,13 +26,11 @@ def window_loudness_dbfs(
     samples: np.ndarray, sample_rate: int, fps: Fraction, frame_count: int
 ) -> np.ndarray:
     """RMS level (dBFS) of the audio window the model sees for each output frame."""
-    seconds_per_whisper_frame = Fraction(1, WHISPER_FRAMES_PER_SECOND)
     levels = np.empty(frame_count, dtype=np.float32)
     for i in range(frame_count):
-        start_s = Fraction(i) / fps - AUDIO_WINDOW_LEFT_FRAMES * seconds_per_whisper_frame
-        stop_s = start_s + AUDIO_WINDOW_FRAMES * seconds_per_whisper_frame
-        lo = max(0, int(start_s * sample_rate))
-        hi = min(len(samples), max(lo, int(stop_s * sample_rate)))
+        start = audio_window_start(i, fps)  # in whisper frames, as the UNet's audio tokens
+        lo = max(0, start * sample_rate // WHISPER_FRAMES_PER_SECOND)
+        hi = min(len(samples), (start + AUDIO_WINDOW_FRAMES) * sample_rate // WHISPER_FRAMES_PER_SECOND)
         window = samples[lo:hi]
         rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))) if len(window) else 0.0
         levels[i] = 20.0 * np.log10(max(rms, 1e-10))

@@ -22,6 +22,14 @@ def resolve_device(choice: DeviceChoice) -> torch.device:
     return torch.device(choice)
 
 
+def image_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on the CPU, where oneDNN convolutions run ~10-15% faster in it; default elsewhere.
+
+    The image networks (UNet, VAE) and their inputs must agree, so this is the one place that decides.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX) on this CPU."""
     try:

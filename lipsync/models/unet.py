@@ -17,6 +17,7 @@ from lipsync.config import (
     UNET_TIMESTEP,
     WHISPER_HIDDEN_SIZE,
 )
+from lipsync.models.device import image_memory_format
 
 if TYPE_CHECKING:
     from lipsync.models.loading import MuseTalkModels
@@ -78,8 +79,9 @@ def predict_latents(
         raise ValueError(f"expected (B, 8, {LATENT_SIZE}, {LATENT_SIZE}) latents, got {tuple(latents.shape)}")
     if audio_tokens.shape != (batch, AUDIO_TOKENS, WHISPER_HIDDEN_SIZE):
         raise ValueError(f"expected ({batch}, 50, 384) audio tokens, got {tuple(audio_tokens.shape)}")
-    memory_format = torch.channels_last if models.device.type == "cpu" else torch.contiguous_format
-    latents = latents.to(models.device, models.dtype).contiguous(memory_format=memory_format)
+    latents = latents.to(models.device, models.dtype).contiguous(
+        memory_format=image_memory_format(models.device)
+    )
     context = audio_tokens.to(models.device, models.dtype) + _audio_pe(models.device, models.dtype)
     timestep = torch.tensor([UNET_TIMESTEP], device=models.device)
     with torch.inference_mode():

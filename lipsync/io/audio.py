@@ -11,6 +11,7 @@ import numpy as np
 
 from lipsync.config import AUDIO_SAMPLE_RATE
 from lipsync.errors import InputError
+from lipsync.io.files import require_file
 
 AUDIO_FIX = "Give a file with an audio track (e.g. .wav, .mp3, .m4a, or a video with sound)."
 _UNSIGNED_8BIT_ZERO = 128
@@ -34,10 +35,7 @@ class Audio:
 def load_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> Audio:
     """Decode the first audio track, average its channels to mono and resample to `sample_rate`."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist.", "Check the path and the spelling of the file name.")
-    if not path.is_file():
-        raise InputError(f"{path} is a folder, not an audio file.", AUDIO_FIX)
+    require_file(path, "an audio file", AUDIO_FIX)
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:

@@ -15,6 +15,7 @@ import numpy as np
 
 from lipsync.config import DEFAULT_IMAGE_FPS
 from lipsync.errors import InputError
+from lipsync.io.files import require_file
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -50,7 +51,7 @@ def is_image_path(path: Path) -> bool:
 def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInfo:
     """Describe a video or image file; raise InputError when it cannot be used as the video input."""
     path = Path(path)
-    _check_file(path)
+    require_file(path, "a video or image file", VIDEO_FIX)
     if is_image_path(path):
         image = _read_image(path)
         height, width = image.shape[:2]
@@ -277,13 +278,6 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"{path} does not exist.", "Check the path and the spelling of the file name.")
-    if not path.is_file():
-        raise InputError(f"{path} is a folder, not a video or image file.", VIDEO_FIX)
 
 
 def _read_image(path: Path) -> np.ndarray:

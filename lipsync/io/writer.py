@@ -17,6 +17,7 @@ import numpy as np
 from lipsync.config import OUTPUT_CRF
 from lipsync.errors import InputError, OutputError
 from lipsync.io.audio import AUDIO_FIX
+from lipsync.io.files import require_file
 
 VIDEO_CODEC: Final = "libx264"
 PIXEL_FORMAT = "yuv420p"
@@ -144,8 +145,7 @@ class _AudioMuxer:
     """Streams the first audio track of a file into the container as AAC, on demand."""
 
     def __init__(self, source: Path, container: av.container.OutputContainer) -> None:
-        if not source.is_file():
-            raise InputError(f"Audio file {source} does not exist.", "Check the path of the audio file.")
+        require_file(source, "an audio file", AUDIO_FIX)
         self._container = container
         try:
             self._source = av.open(str(source))

@@ -198,3 +198,16 @@ def test_close_stops_open_generators() -> None:
     next(frames)
     reader.close()
     frames.close()
+
+
+def test_probing_indexes_the_file_once_for_all_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reversed reading seeks with the timestamps probing found: no second pass over the file."""
+    import lipsync.io.video as video
+
+    passes = []
+    real_index = video._index_frames
+    monkeypatch.setattr(video, "_index_frames", lambda path: passes.append(path) or real_index(path))
+    info = probe_video(media("talk_d_mpeg4.mp4"))
+    with FrameReader(info) as reader:
+        assert sum(1 for _ in reader.cycled(info.frame_count + 20)) == info.frame_count + 20
+    assert len(passes) == 1

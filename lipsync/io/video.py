@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,8 @@ class VideoInfo:
     width: int
     height: int
     is_image: bool
+    # Timestamps found by probing, reused by FrameReader to seek (no second demux pass).
+    frame_index: _FrameIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -63,14 +65,15 @@ def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInf
             stream = container.streams.video[0]
             fps = _stream_fps(stream)
             width, height = stream.codec_context.width, stream.codec_context.height
-        frame_count = len(_index_frames(path).pts)
+        frame_index = _index_frames(path)
+        frame_count = len(frame_index.pts)
     except av.error.FFmpegError as exc:
         raise InputError(f"{path} is not a readable video ({exc}).", VIDEO_FIX) from exc
     if frame_count == 0 or width <= 0 or height <= 0:
         raise InputError(f"{path} has no video frames.", VIDEO_FIX)
     if fps is None:
         raise InputError(f"{path} has no frame rate in its header.", "Re-encode it with a fixed frame rate.")
-    return VideoInfo(path, fps, frame_count, width, height, is_image=False)
+    return VideoInfo(path, fps, frame_count, width, height, is_image=False, frame_index=frame_index)
 
 
 def ping_pong_index(output_index: int, frame_count: int) -> int:
@@ -87,7 +90,7 @@ class FrameReader:
     def __init__(self, info: VideoInfo) -> None:
         self.info = info
         self._image: np.ndarray | None = None
-        self._index: _FrameIndex | None = None
+        self._index = info.frame_index
         self._open: set[av.container.InputContainer] = set()
 
     def __enter__(self) -> FrameReader:

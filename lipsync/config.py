@@ -38,6 +38,15 @@ WHISPER_MEL_BINS = 80  # log-mel bins fed to the whisper encoder
 WHISPER_ENCODER_LAYERS = WHISPER_HIDDEN_LAYERS - 1  # hidden states = embedding output + one per layer
 WHISPER_SEGMENT_SAMPLES = AUDIO_SAMPLE_RATE * WHISPER_SEGMENT_SECONDS  # 480 000
 WHISPER_SEGMENT_FRAMES = WHISPER_FRAMES_PER_SECOND * WHISPER_SEGMENT_SECONDS  # 1500 encoder frames
+SAMPLES_PER_WHISPER_FRAME = AUDIO_SAMPLE_RATE // WHISPER_FRAMES_PER_SECOND  # 320 samples = 20 ms
+
+# --- Sliding-window audio features (streaming; not in the reference, which encodes whole files) ------
+# Whisper attends across its whole 30 s input, so features depend on future audio. For streaming, the
+# whisper frames are computed in fixed blocks on the audio timeline; each block comes from one encoder pass
+# over the (up to) 30 s of audio that ends a fixed lookahead after the block. Offline runs can use the same
+# blocks, so streamed frames equal offline frames for the same audio, whatever the chunking.
+SLIDING_BLOCK_FRAMES = 10  # whisper frames per encoder pass: 200 ms
+SLIDING_LOOKAHEAD_FRAMES = 10  # audio seen after a block before it is final: 200 ms
 
 # --- Face crop and blend (reference §1.4, §1.9) ---------------------------------------------------
 DEFAULT_EXTRA_MARGIN_V15 = 10  # px added below the chin (v1.5)
@@ -52,6 +61,7 @@ ModelVersion = Literal["v1", "v15"]
 SilenceMode = Literal["keep", "generate"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+AudioFeatureMode = Literal["segment", "sliding"]  # segment: the reference's whole-file 30 s segments
 
 
 @dataclass(frozen=True)
@@ -83,3 +93,36 @@ class DubSettings:
     runtime: RuntimeSettings = RuntimeSettings()
     silence: SilenceMode = "keep"
     image_fps: Fraction = DEFAULT_IMAGE_FPS
+    audio_features: AudioFeatureMode = "segment"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a live session turns audio chunks into frames."""
+
+    batch_size: int = 4  # frames per UNet call; batches start at fixed frame numbers (multiples of this)
+    feature_block_frames: int = SLIDING_BLOCK_FRAMES
+    feature_lookahead_frames: int = SLIDING_LOOKAHEAD_FRAMES
+    stage_queue_batches: int = 2  # batches waiting between pipeline stages
+    max_buffered_frames: int = 50  # finished frames waiting for the consumer (2 s at 25 fps)
+    drop_when_full: bool = False  # a full frame buffer drops its oldest frame instead of waiting
+
+
+# --- Server ----------------------------------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and defaults of `lipsync serve`."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    token: str | None = None  # required on every request when bound to anything but loopback
+    max_sessions: int = 4  # concurrent WebSocket sessions
+    max_message_bytes: int = 1 << 20  # one audio message: 1 MiB = 32 s of 16-bit PCM
+    max_pending_audio_seconds: float = 60.0  # audio received but not yet turned into frames
+    max_buffered_frames: int = 50  # frames waiting to be sent; beyond this the oldest are dropped
+    jpeg_quality: int = 85
+    stream: StreamSettings = StreamSettings(drop_when_full=True)

@@ -88,9 +88,9 @@ def test_batched_equals_one_at_a_time(models: MuseTalkModels) -> None:
 def test_segments_are_lazy_and_evicted(models: MuseTalkModels) -> None:
     samples = noise(65.0, seed=2)  # three segments: 0-30 s, 30-60 s, 60-65 s
     stream = AudioFeatureStream(models, samples, Fraction(25))
-    assert stream.segments_computed == 0
+    assert stream.blocks_computed == 0
     straddling = stream.windows([750])  # whisper frames [1496, 1506): both sides of the first boundary
-    assert stream.cached_segments == (0, 1)
+    assert stream.cached_blocks == (0, 1)
     first = whisper_states(models, samples[:WHISPER_SEGMENT_SAMPLES])
     second = whisper_states(models, samples[WHISPER_SEGMENT_SAMPLES : 2 * WHISPER_SEGMENT_SAMPLES])
     expected = torch.cat([first[WHISPER_SEGMENT_FRAMES - 4 :], second[:6]])
@@ -99,7 +99,7 @@ def test_segments_are_lazy_and_evicted(models: MuseTalkModels) -> None:
     most_cached = 0
     for start in range(751, 1625, 8):
         stream.windows(range(start, min(start + 8, 1625)))
-        most_cached = max(most_cached, len(stream.cached_segments))
+        most_cached = max(most_cached, len(stream.cached_blocks))
     assert most_cached <= 2
-    assert stream.cached_segments == (2,)
-    assert stream.segments_computed == 3  # each segment encoded once on a forward sweep
+    assert stream.cached_blocks == (2,)
+    assert stream.blocks_computed == 3  # each segment encoded once on a forward sweep

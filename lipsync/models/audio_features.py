@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from lipsync.config import (
     AUDIO_SAMPLE_RATE,
     AUDIO_WINDOW_FRAMES,
     AUDIO_WINDOW_LEFT_FRAMES,
+    SAMPLES_PER_WHISPER_FRAME,
     WHISPER_ENCODER_LAYERS,
     WHISPER_FRAMES_PER_SECOND,
     WHISPER_HIDDEN_LAYERS,
@@ -69,43 +71,51 @@ def frame_count_for_audio(duration: Fraction, fps: Fraction) -> int:
     return math.floor(Fraction(duration) * Fraction(fps))
 
 
-class AudioFeatureStream:
-    """Audio tokens for video frames, computing whisper features one 30 s segment at a time.
+class BlockedAudioFeatures(ABC):
+    """Whisper hidden states computed in fixed blocks of whisper frames, gathered into per-frame windows.
 
-    Frames are expected in increasing order; segments no longer needed are dropped, so memory stays bounded
-    however long the audio. Asking for earlier frames again still works (the segment is recomputed).
+    Subclasses decide how a block is computed. Frames are expected in increasing order; blocks no longer
+    needed are dropped, so memory stays bounded however long the audio. Asking for earlier frames again
+    still works (the block is recomputed).
     """
 
-    def __init__(self, models: MuseTalkModels, samples: np.ndarray, fps: Fraction) -> None:
-        if samples.ndim != 1:
-            raise ValueError(f"expected mono samples (N,), got shape {samples.shape}")
+    block_frames: int
+
+    def __init__(self, models: MuseTalkModels, fps: Fraction) -> None:
         self._models = models
-        self._samples = np.ascontiguousarray(samples, dtype=np.float32)
         self._fps = Fraction(fps)
-        # Only whisper frames fully backed by audio are valid; the rest of the last segment is padding.
-        self.valid_frames = len(samples) * WHISPER_FRAMES_PER_SECOND // AUDIO_SAMPLE_RATE
-        self._segments: dict[int, torch.Tensor] = {}
-        self.segments_computed = 0
+        self._blocks: dict[int, torch.Tensor] = {}
+        self.blocks_computed = 0
 
     @property
-    def cached_segments(self) -> tuple[int, ...]:
-        return tuple(sorted(self._segments))
+    @abstractmethod
+    def valid_frames(self) -> int | None:
+        """Whisper frames fully backed by audio (None while more audio may come); later ones are zeros."""
+
+    @abstractmethod
+    def _compute_block(self, index: int) -> torch.Tensor:
+        """Hidden states (block_frames, 5, 384) of block `index`, in models.dtype."""
+
+    @property
+    def cached_blocks(self) -> tuple[int, ...]:
+        return tuple(sorted(self._blocks))
 
     def windows(self, frame_indices: Sequence[int]) -> torch.Tensor:
         """(B, 50, 384) tokens (time-major, layer-minor), without PE, on models.device in models.dtype."""
+        valid = self.valid_frames
         spans = []
         for index in frame_indices:
             start = audio_window_start(index, self._fps)
-            spans.append((start, max(start, 0), min(start + AUDIO_WINDOW_FRAMES, self.valid_frames)))
+            end = start + AUDIO_WINDOW_FRAMES
+            spans.append((start, max(start, 0), end if valid is None else min(end, valid)))
         needed: set[int] = set()
         for _, lo, hi in spans:
             if lo < hi:
-                needed.update(range(lo // WHISPER_SEGMENT_FRAMES, (hi - 1) // WHISPER_SEGMENT_FRAMES + 1))
-        # Keep only this call's segments: later calls never need earlier audio on a forward sweep.
-        segments = {
-            k: self._segments[k] if k in self._segments else self._encode_segment(k) for k in sorted(needed)
+                needed.update(range(lo // self.block_frames, (hi - 1) // self.block_frames + 1))
+        # Keep only this call's blocks: later calls never need earlier audio on a forward sweep.
+        self._blocks = {
+            k: self._blocks[k] if k in self._blocks else self._new_block(k) for k in sorted(needed)
         }
-        self._segments = segments
 
         out = torch.zeros(
             len(spans),
@@ -118,20 +128,44 @@ class AudioFeatureStream:
         for row, (start, lo, hi) in enumerate(spans):
             frame = lo
             while frame < hi:
-                k, offset = divmod(frame, WHISPER_SEGMENT_FRAMES)
-                count = min(hi - frame, WHISPER_SEGMENT_FRAMES - offset)
-                out[row, frame - start : frame - start + count] = segments[k][offset : offset + count]
+                k, offset = divmod(frame, self.block_frames)
+                count = min(hi - frame, self.block_frames - offset)
+                out[row, frame - start : frame - start + count] = self._blocks[k][offset : offset + count]
                 frame += count
         return out.reshape(len(spans), AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS, WHISPER_HIDDEN_SIZE)
 
-    def _encode_segment(self, index: int) -> torch.Tensor:
-        """Whisper hidden states of one 30 s segment: (1500, 5, 384) in models.dtype."""
-        models = self._models
+    def _new_block(self, index: int) -> torch.Tensor:
+        self.blocks_computed += 1
+        return self._compute_block(index)
+
+
+def encode_whisper_segment(models: MuseTalkModels, samples: np.ndarray) -> torch.Tensor:
+    """Whisper hidden states of up to 30 s of audio, zero-padded to 30 s: (1500, 5, 384) in models.dtype."""
+    features = models.feature_extractor(samples, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt")
+    encoder_dtype = next(models.audio_encoder.parameters()).dtype
+    mels = features.input_features.to(models.device, encoder_dtype)
+    with torch.inference_mode():
+        hidden = models.audio_encoder(mels, output_hidden_states=True).hidden_states
+    return torch.stack(hidden, dim=2)[0].to(models.dtype)
+
+
+class AudioFeatureStream(BlockedAudioFeatures):
+    """The reference's features: the whole audio cut into 30 s segments, one encoder pass each."""
+
+    block_frames = WHISPER_SEGMENT_FRAMES
+
+    def __init__(self, models: MuseTalkModels, samples: np.ndarray, fps: Fraction) -> None:
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples (N,), got shape {samples.shape}")
+        super().__init__(models, fps)
+        self._samples = np.ascontiguousarray(samples, dtype=np.float32)
+        # Only whisper frames fully backed by audio are valid; the rest of the last segment is padding.
+        self._valid_frames = len(samples) // SAMPLES_PER_WHISPER_FRAME
+
+    @property
+    def valid_frames(self) -> int:
+        return self._valid_frames
+
+    def _compute_block(self, index: int) -> torch.Tensor:
         chunk = self._samples[index * WHISPER_SEGMENT_SAMPLES : (index + 1) * WHISPER_SEGMENT_SAMPLES]
-        features = models.feature_extractor(chunk, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt")
-        encoder_dtype = next(models.audio_encoder.parameters()).dtype
-        mels = features.input_features.to(models.device, encoder_dtype)
-        with torch.inference_mode():
-            hidden = models.audio_encoder(mels, output_hidden_states=True).hidden_states
-        self.segments_computed += 1
-        return torch.stack(hidden, dim=2)[0].to(models.dtype)
+        return encode_whisper_segment(self._models, chunk)

@@ -10,32 +10,38 @@ Frames without a face, or (with `silence="keep"`) in silent stretches, pass thro
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import islice
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lipsync.config import AUDIO_SAMPLE_RATE, AUDIO_TOKENS, FACE_SIZE, WHISPER_HIDDEN_SIZE, DubSettings
+from lipsync.config import (
+    AUDIO_SAMPLE_RATE,
+    AUDIO_TOKENS,
+    FACE_SIZE,
+    WHISPER_HIDDEN_SIZE,
+    AudioFeatureMode,
+    DubSettings,
+    SilenceMode,
+)
 from lipsync.errors import InputError, NoFaceError
-from lipsync.face.blend import paste_face
-from lipsync.face.crop import crop_face
+from lipsync.face.crop import CropBox, crop_face
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.face.mask import lower_face_mask
-from lipsync.face.track import FaceTrack, track_face
+from lipsync.face.track import NO_BOX, FaceTrack, track_face
 from lipsync.io.audio import Audio, load_audio
-from lipsync.io.video import FrameReader, VideoInfo, probe_video
+from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
 from lipsync.io.writer import VideoWriter, check_output_path
-from lipsync.models.audio_features import AudioFeatureStream, frame_count_for_audio
+from lipsync.models.audio_features import AudioFeatureStream, BlockedAudioFeatures, frame_count_for_audio
 from lipsync.models.device import resolve_device, resolve_dtype
 from lipsync.models.loading import MuseTalkModels, load_models
+from lipsync.models.sliding_features import SlidingAudioFeatures
 from lipsync.models.unet import predict_latents
 from lipsync.models.vae import decode_latents, encode_faces
+from lipsync.pipeline.render import render_frames, timed
 from lipsync.pipeline.silence import speech_strengths
 from lipsync.pipeline.timing import Stage, StageTimes
 
@@ -43,8 +49,6 @@ UNTRAINED_LABEL = (
     "made with UNTRAINED scaffolded weights (lipsync weights scaffold): "
     "the mouth is random output, not a real lip-sync result"
 )
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class DubPipeline:
                     "use a video or photo where one face is clearly visible, frontal, at least 100 px wide",
                 )
             strengths = self._mouth_strengths(audio, info.fps, total)
-            features = AudioFeatureStream(self.models, audio.samples, info.fps)
+            features = audio_features(self.models, self.settings.audio_features, audio, info.fps)
             metadata = {"comment": UNTRAINED_LABEL} if self.models.untrained else {}
             with VideoWriter(
                 output, info.fps, info.width, info.height, audio_path=audio_path, metadata=metadata
@@ -158,7 +162,7 @@ class DubPipeline:
         bar = tqdm(total=count, desc="finding faces", unit="frame", disable=not progress, leave=False)
         started = time.perf_counter()
         decode_before = times.seconds[Stage.DECODE]
-        frames = _timed(reader.frames(0, count), times, Stage.DECODE)
+        frames = timed(reader.frames(0, count), times, Stage.DECODE)
         with FaceMeshDetector(self.settings.face.max_faces, video_mode=not info.is_image) as detector:
             track = track_face(
                 frames,
@@ -174,15 +178,13 @@ class DubPipeline:
         return track
 
     def _mouth_strengths(self, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
-        if self.settings.silence == "generate":
-            return np.ones(total, dtype=np.float32)
-        return speech_strengths(audio.samples, audio.sample_rate, fps, total)
+        return mouth_strengths(self.settings.silence, audio, fps, total)
 
     def _generate(
         self,
         reader: FrameReader,
         track: FaceTrack,
-        features: AudioFeatureStream,
+        features: BlockedAudioFeatures,
         strengths: np.ndarray,
         writer: VideoWriter,
         total: int,
@@ -190,75 +192,57 @@ class DubPipeline:
         progress: bool,
     ) -> tuple[int, int]:
         """Write `total` output frames; return (frames with a face, frames with a generated mouth)."""
-        with_face = generated = 0
-        frames = _timed(reader.cycled(total), times, Stage.DECODE)
+        sources = np.array([ping_pong_index(i, track.frame_count) for i in range(total)], dtype=np.int64)
+        has_face = track.boxes[sources, 0] != NO_BOX
+        strengths = np.where(has_face, strengths, np.float32(0.0)).astype(np.float32)
+        frames = timed(reader.cycled(total), times, Stage.DECODE)
         bar = tqdm(total=total, desc="dubbing", unit="frame", disable=not progress)
-        output_index = 0
-        for batch in _batched(frames, self.settings.runtime.batch_size):
-            indices = range(output_index, output_index + len(batch))
-            active = [
-                k for k, (src, _) in enumerate(batch) if track.has_face(src) and strengths[indices[k]] > 0
-            ]
-            with_face += sum(track.has_face(src) for src, _ in batch)
-            faces = self._generate_faces(
-                [batch[k] for k in active], [indices[k] for k in active], track, features, times
-            )
-            with times.measure(Stage.BLEND):
-                out_frames = [frame for _, frame in batch]
-                for face, k in zip(faces, active, strict=True):
-                    src, frame = batch[k]
-                    box, landmarks = track.box(src), track.landmarks(src)
-                    assert box is not None and landmarks is not None
-                    mask = lower_face_mask(landmarks, box)
-                    out_frames[k] = paste_face(frame, face, box, mask, float(strengths[indices[k]]))
+        prep = TrackedFaces(self.models, track)
+        for frame in render_frames(
+            self.models, prep, frames, features, strengths, self.settings.runtime.batch_size, times, bar
+        ):
             with times.measure(Stage.ENCODE):
-                for frame in out_frames:
-                    writer.write(frame)
-            generated += len(active)
-            output_index += len(batch)
-            bar.update(len(batch))
+                writer.write(frame)
         bar.close()
-        return with_face, generated
+        return int(np.count_nonzero(has_face)), int(np.count_nonzero(strengths > 0))
 
-    @torch.inference_mode()
-    def _generate_faces(
-        self,
-        batch: list[tuple[int, np.ndarray]],
-        output_indices: list[int],
-        track: FaceTrack,
-        features: AudioFeatureStream,
-        times: StageTimes,
-    ) -> np.ndarray:
-        """New 256x256 faces for the given (source index, frame) pairs."""
-        if not batch:
-            return np.empty((0,), dtype=np.uint8)
+
+class TrackedFaces:
+    """FacePrep for dubbing: latents encoded on the fly from each frame's crop; masks from its landmarks."""
+
+    def __init__(self, models: MuseTalkModels, track: FaceTrack) -> None:
+        self.models = models
+        self.track = track
+
+    def box(self, source: int) -> CropBox | None:
+        return self.track.box(source)
+
+    def mask(self, source: int) -> np.ndarray:
+        box, landmarks = self.track.box(source), self.track.landmarks(source)
+        assert box is not None and landmarks is not None
+        return lower_face_mask(landmarks, box)
+
+    def latents(self, sources: list[int], frames: list[np.ndarray], times: StageTimes) -> torch.Tensor:
         crops = []
-        for src, frame in batch:
-            box = track.box(src)
+        for source, frame in zip(sources, frames, strict=True):
+            box = self.track.box(source)
             assert box is not None
             crops.append(crop_face(frame, box))
         with times.measure(Stage.VAE_ENCODE):
-            latents = encode_faces(self.models, np.stack(crops))
-        with times.measure(Stage.AUDIO_FEATURES):
-            tokens = features.windows(output_indices)
-        with times.measure(Stage.UNET):
-            predicted = predict_latents(self.models, latents, tokens)
-        with times.measure(Stage.VAE_DECODE):
-            return decode_latents(self.models, predicted)
+            return encode_faces(self.models, np.stack(crops))
 
 
-def _timed(items: Iterable[T], times: StageTimes, stage: Stage) -> Iterator[T]:
-    """Yield from `items`, charging the time spent producing each item to `stage`."""
-    iterator = iter(items)
-    while True:
-        with times.measure(stage):
-            item = next(iterator, None)
-        if item is None:
-            return
-        yield item
+def mouth_strengths(mode: SilenceMode, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
+    """Per output frame, how much generated mouth to show: all 1 with `generate`, 0 in pauses with `keep`."""
+    if mode == "generate":
+        return np.ones(total, dtype=np.float32)
+    return speech_strengths(audio.samples, audio.sample_rate, fps, total)
 
 
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+def audio_features(
+    models: MuseTalkModels, mode: AudioFeatureMode, audio: Audio, fps: Fraction
+) -> BlockedAudioFeatures:
+    """The reference's whole-file segments, or the sliding blocks a live stream uses."""
+    if mode == "sliding":
+        return SlidingAudioFeatures.offline(models, audio.samples, fps)
+    return AudioFeatureStream(models, audio.samples, fps)

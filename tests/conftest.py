@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import torch
+
+if TYPE_CHECKING:
+    from lipsync.models.loading import MuseTalkModels
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
@@ -25,3 +30,33 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-weights")
     scaffold_weights(root, tiny=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_weights: Path) -> MuseTalkModels:
+    """The tiny v1.5 models on the CPU in float32 (bfloat16 is slower for such small layers)."""
+    from lipsync.models.loading import load_models
+
+    return load_models(tiny_weights, "v15", torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_avatars(tiny_models: MuseTalkModels, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(avatars folder, name): one avatar prepared from talk_c.mp4 with the tiny v1.5 models."""
+    from lipsync.pipeline.avatar import AvatarStore, prepare_avatar
+
+    root = tmp_path_factory.mktemp("avatars")
+    prepare_avatar(tiny_models, AvatarStore(root), "talk_c", media("talk_c.mp4"), show_bar=False)
+    return root, "talk_c"
+
+
+def write_clip(source: Path, out: Path, frames: int) -> Path:
+    """The first `frames` frames of `source` as a new H.264 file (a short, changeable test input)."""
+    from lipsync.io.video import FrameReader, probe_video
+    from lipsync.io.writer import VideoWriter
+
+    info = probe_video(source)
+    with FrameReader(info) as reader, VideoWriter(out, info.fps, info.width, info.height) as writer:
+        for frame in reader.frames(0, frames):
+            writer.write(frame)
+    return out

@@ -37,6 +37,7 @@ class MuseTalkModels:
     dtype: torch.dtype
     version: ModelVersion
     untrained: bool
+    vae_weights: Path | None = None  # the file the VAE came from (prepared avatars depend on it)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -146,4 +147,6 @@ def load_models(
     feature_extractor = cast(
         WhisperFeatureExtractor, WhisperFeatureExtractor.from_json_file(str(layout.whisper_preprocessor))
     )
-    return MuseTalkModels(vae, unet, encoder, feature_extractor, device, dtype, version, report.untrained)
+    return MuseTalkModels(
+        vae, unet, encoder, feature_extractor, device, dtype, version, report.untrained, layout.vae_weights
+    )

@@ -10,6 +10,7 @@ Frames without a face, or (with `silence="keep"`) in silent stretches, pass thro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +26,7 @@ from lipsync.config import (
     WHISPER_HIDDEN_SIZE,
     AudioFeatureMode,
     DubSettings,
+    FaceSettings,
     SilenceMode,
 )
 from lipsync.errors import InputError, NoFaceError
@@ -128,7 +130,8 @@ class DubPipeline:
             )
 
         with FrameReader(info) as reader:
-            track = self._find_faces(reader, info, min(info.frame_count, total), times, progress)
+            count = min(info.frame_count, total)
+            track = find_faces(reader, info, count, self.settings.face, times, progress)
             if track.faces_found == 0:
                 raise NoFaceError(
                     f"no face was found in any frame of {source}",
@@ -155,27 +158,6 @@ class DubPipeline:
             wall_seconds=time.perf_counter() - started,
             times=times,
         )
-
-    def _find_faces(
-        self, reader: FrameReader, info: VideoInfo, count: int, times: StageTimes, progress: bool
-    ) -> FaceTrack:
-        bar = tqdm(total=count, desc="finding faces", unit="frame", disable=not progress, leave=False)
-        started = time.perf_counter()
-        decode_before = times.seconds[Stage.DECODE]
-        frames = timed(reader.frames(0, count), times, Stage.DECODE)
-        with FaceMeshDetector(self.settings.face.max_faces, video_mode=not info.is_image) as detector:
-            track = track_face(
-                frames,
-                self.settings.face,
-                info.width,
-                info.height,
-                detector=detector,
-                on_frame=lambda _: bar.update(1),
-            )
-        bar.close()
-        decode_here = times.seconds[Stage.DECODE] - decode_before
-        times.seconds[Stage.LANDMARKS] += time.perf_counter() - started - decode_here
-        return track
 
     def _mouth_strengths(self, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
         return mouth_strengths(self.settings.silence, audio, fps, total)
@@ -246,3 +228,34 @@ def audio_features(
     if mode == "sliding":
         return SlidingAudioFeatures.offline(models, audio.samples, fps)
     return AudioFeatureStream(models, audio.samples, fps)
+
+
+def find_faces(
+    reader: FrameReader,
+    info: VideoInfo,
+    count: int,
+    settings: FaceSettings,
+    times: StageTimes,
+    progress: bool,
+    on_frame: Callable[[int], None] | None = None,
+) -> FaceTrack:
+    """The chosen face's landmarks and smoothed crop box in source frames 0 .. count-1.
+
+    `on_frame(done)` is called after each frame with the number of frames analysed so far.
+    """
+    bar = tqdm(total=count, desc="finding faces", unit="frame", disable=not progress, leave=False)
+
+    def frame_done(index: int) -> None:
+        bar.update(1)
+        if on_frame is not None:
+            on_frame(index + 1)
+
+    started = time.perf_counter()
+    decode_before = times.seconds[Stage.DECODE]
+    frames = timed(reader.frames(0, count), times, Stage.DECODE)
+    with FaceMeshDetector(settings.max_faces, video_mode=not info.is_image) as detector:
+        track = track_face(frames, settings, info.width, info.height, detector=detector, on_frame=frame_done)
+    bar.close()
+    decode_here = times.seconds[Stage.DECODE] - decode_before
+    times.seconds[Stage.LANDMARKS] += time.perf_counter() - started - decode_here
+    return track

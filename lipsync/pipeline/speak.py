@@ -1,0 +1,89 @@
+"""Speaking from a prepared avatar: only the audio-dependent work runs (features, UNet, VAE decode, paste).
+
+Given the same source, options and audio, the frames equal `lipsync dub`'s frame for frame: the avatar holds
+exactly what dubbing would compute on the way (frames, boxes, latents, masks), and the same render core runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings
+from lipsync.errors import InputError
+from lipsync.io.audio import Audio, load_audio
+from lipsync.io.writer import VideoWriter, check_output_path
+from lipsync.models.audio_features import frame_count_for_audio
+from lipsync.models.loading import MuseTalkModels
+from lipsync.pipeline.avatar import Avatar
+from lipsync.pipeline.dub import UNTRAINED_LABEL, DubSummary, audio_features, mouth_strengths
+from lipsync.pipeline.render import render_frames, timed
+from lipsync.pipeline.timing import Stage, StageTimes
+
+
+class SpeakPipeline:
+    """Loaded models plus settings (silence, audio features, batch size); call it per (avatar, audio)."""
+
+    def __init__(self, models: MuseTalkModels, settings: DubSettings) -> None:
+        self.models = models
+        self.settings = settings
+
+    def frames(
+        self, avatar: Avatar, audio: Audio, times: StageTimes, bar: tqdm | None = None
+    ) -> Iterator[np.ndarray]:
+        """The output frames, in order, for `audio` spoken by `avatar`."""
+        avatar.to(self.models.device, self.models.dtype)
+        sources, strengths = self.plan(avatar, audio)
+        features = audio_features(self.models, self.settings.audio_features, audio, avatar.fps)
+        pairs = timed(((int(s), avatar.frame(int(s))) for s in sources), times, Stage.DECODE)
+        yield from render_frames(
+            self.models, avatar, pairs, features, strengths, self.settings.runtime.batch_size, times, bar
+        )
+
+    def plan(self, avatar: Avatar, audio: Audio) -> tuple[np.ndarray, np.ndarray]:
+        """Source frame and mouth strength of every output frame (strength 0: no face, or silence)."""
+        total = frame_count_for_audio(audio.duration, avatar.fps)
+        sources = avatar.cycle[np.arange(total) % len(avatar.cycle)]
+        strengths = mouth_strengths(self.settings.silence, audio, avatar.fps, total)
+        strengths = np.where(avatar.boxes[sources, 0] >= 0, strengths, np.float32(0.0)).astype(np.float32)
+        return sources, strengths
+
+    def __call__(
+        self, avatar: Avatar, audio_path: Path, output: Path, *, progress: bool = True
+    ) -> DubSummary:
+        started = time.perf_counter()
+        check_output_path(output, {"audio": audio_path, "avatar source": avatar.info.source})
+        audio = load_audio(audio_path, AUDIO_SAMPLE_RATE)
+        total = frame_count_for_audio(audio.duration, avatar.fps)
+        if total == 0:
+            raise InputError(
+                f"{audio_path} lasts {audio.duration_s:.3f} s: "
+                f"less than one frame at {float(avatar.fps):.2f} fps",
+                "give a speech track at least one frame long",
+            )
+        times = StageTimes(device=self.models.device)
+        untrained = self.models.untrained or avatar.info.untrained
+        metadata = {"comment": UNTRAINED_LABEL} if untrained else {}
+        bar = tqdm(total=total, desc=f"speaking as {avatar.info.name}", unit="frame", disable=not progress)
+        size = (avatar.info.width, avatar.info.height)
+        with VideoWriter(output, avatar.fps, *size, audio_path=audio_path, metadata=metadata) as writer:
+            for frame in self.frames(avatar, audio, times, bar):
+                with times.measure(Stage.ENCODE):
+                    writer.write(frame)
+        bar.close()
+        sources, strengths = self.plan(avatar, audio)
+        return DubSummary(
+            output=output,
+            frames=total,
+            frames_with_face=int(np.count_nonzero(avatar.boxes[sources, 0] >= 0)),
+            frames_generated=int(np.count_nonzero(strengths > 0)),
+            fps=avatar.fps,
+            audio_seconds=audio.duration_s,
+            untrained=untrained,
+            wall_seconds=time.perf_counter() - started,
+            times=times,
+        )

@@ -1,0 +1,46 @@
+"""`lipsync serve`: the live-avatar server (REST + WebSocket, see docs/streaming-protocol.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lipsync.cli.options import add_avatars_option, add_model_options, positive_int
+from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, RuntimeSettings, ServerSettings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve", help="live avatars: stream audio in over a WebSocket, get lip-synced frames back"
+    )
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default {DEFAULT_HOST}: this machine only; any other needs --token)",
+    )
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("LIPSYNC_TOKEN"),
+        help="secret clients must send (Authorization: Bearer TOKEN, or ?token= on the WebSocket); "
+        "default $LIPSYNC_TOKEN; required unless bound to loopback",
+    )
+    add_model_options(serve, batch=False)
+    add_avatars_option(serve)
+    serve.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        default=ServerSettings.max_sessions,
+        help=f"concurrent live sessions (default {ServerSettings.max_sessions})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lipsync.server.run import serve
+
+    settings = ServerSettings(
+        host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions
+    )
+    runtime = RuntimeSettings(device=args.device, dtype=args.dtype)
+    serve(settings, args.weights, args.avatars, args.model_version, runtime)
+    return 0

@@ -1,0 +1,382 @@
+"""The FastAPI app of `lipsync serve`: REST for avatars, jobs and health; one WebSocket per live session.
+
+See docs/streaming-protocol.md. The WebSocket handler runs two loops at once: one receives audio and control
+messages, one sends frames (and asks for idle frames, paced by the wall clock, while nobody speaks). Calls
+that block (loading an avatar, waiting for a frame, closing a session) run in worker threads; the session is
+always closed, whichever way the socket ends.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict
+from starlette.websockets import WebSocketDisconnect
+
+from lipsync.config import AUDIO_SAMPLE_RATE, ServerSettings
+from lipsync.errors import LipsyncError
+from lipsync.pipeline.avatar import AvatarInfo
+from lipsync.pipeline.avatar_store import check_name
+from lipsync.pipeline.stream import StreamFrame, StreamSession
+from lipsync.server.engine import JobConflict, PrepareRequest, ServerEngine, TooManySessions, UnknownJob
+from lipsync.server.protocol import (
+    CloseCode,
+    ErrorMessage,
+    ProtocolError,
+    ReadyMessage,
+    encode_frame,
+    encode_jpeg,
+    int16_to_pcm,
+    parse_control,
+    pcm_to_float,
+)
+
+log = logging.getLogger(__name__)
+SessionLoop = Callable[[WebSocket, StreamSession, ServerSettings], Awaitable[ErrorMessage | None]]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+INDEX_PAGE = STATIC_DIR / "index.html"
+BEARER_PREFIX = "Bearer "
+TOKEN_QUERY = "token"
+
+
+class ApiError(LipsyncError):
+    """A REST request that cannot be served; `status` is the HTTP status of the answer."""
+
+    def __init__(self, status: int, problem: str, fix: str) -> None:
+        super().__init__(problem, fix)
+        self.status = status
+
+
+ERROR_STATUS: dict[type[LipsyncError], int] = {UnknownJob: 404, JobConflict: 409, TooManySessions: 429}
+DEFAULT_ERROR_STATUS = 400
+
+
+class PrepareBody(BaseModel):
+    """Body of POST /api/avatars."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: str  # a video or photo path on the server's machine
+    bbox_shift: int = 0
+    force: bool = False  # prepare again even when a prepared avatar of this source exists
+
+
+@dataclass(frozen=True)
+class AvatarSummary:
+    """One entry of GET /api/avatars."""
+
+    name: str
+    fps: float
+    width: int
+    height: int
+    frames: int
+    frames_with_face: int
+    source: str
+    created: str
+    problem: str | None  # set when the prepared files cannot be used
+
+    @classmethod
+    def of(cls, info: AvatarInfo) -> AvatarSummary:
+        return cls(
+            name=info.name,
+            fps=float(info.fps),
+            width=info.width,
+            height=info.height,
+            frames=info.frame_count,
+            frames_with_face=info.frames_with_face,
+            source=str(info.source),
+            created=info.created,
+            problem=info.problem,
+        )
+
+
+def token_matches(expected: str | None, given: str | None) -> bool:
+    if expected is None:
+        return True
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization is None or not authorization.startswith(BEARER_PREFIX):
+        return None
+    return authorization[len(BEARER_PREFIX) :].strip()
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "missing or wrong token",
+        "send the server's token as 'Authorization: Bearer TOKEN' (WebSocket: or ?token=TOKEN in the URL)",
+    )
+
+
+def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="lipsync", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def require_token(request: Request) -> None:
+        if not token_matches(settings.token, bearer_token(request.headers.get("authorization"))):
+            raise _unauthorized()
+
+    @app.exception_handler(LipsyncError)
+    async def lipsync_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, LipsyncError)
+        status = error.status if isinstance(error, ApiError) else ERROR_STATUS.get(type(error))
+        return _error_response(status or DEFAULT_ERROR_STATUS, error.problem, error.fix)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        return _error_response(
+            DEFAULT_ERROR_STATUS,
+            f"bad request: {problems}",
+            'send JSON like {"name": "anna", "source": "/path/on/server.mp4", "bbox_shift": 0}',
+        )
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+    @api.get("/health")
+    async def health() -> dict[str, Any]:
+        return _as_json(engine.health(settings))
+
+    @api.get("/avatars")
+    async def avatars() -> dict[str, Any]:
+        infos = await anyio.to_thread.run_sync(engine.list_avatars)
+        return {"avatars": [_as_json(AvatarSummary.of(info)) for info in infos]}
+
+    @api.post("/avatars", status_code=202)
+    async def prepare(body: PrepareBody) -> dict[str, Any]:
+        source = Path(body.source).expanduser()
+        if not source.is_file():
+            raise ApiError(
+                400,
+                f"source {body.source!r} is not a file on the server",
+                "give the path of a video or photo on the server's machine (absolute, or relative to the "
+                "folder the server was started in)",
+            )
+        check_name(body.name)
+        job = engine.submit_prepare(PrepareRequest(body.name, source, body.bbox_shift, body.force))
+        return {"job": job.id}
+
+    @api.get("/jobs/{job_id}")
+    async def job(job_id: str) -> dict[str, Any]:
+        return _as_json(engine.job(job_id))
+
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        if not INDEX_PAGE.is_file():
+            return _error_response(404, "the browser page is not installed", "reinstall lipsync")
+        return FileResponse(INDEX_PAGE)
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.websocket("/ws/{avatar}")
+    async def live(websocket: WebSocket, avatar: str) -> None:
+        await websocket.accept()
+        given = websocket.query_params.get(TOKEN_QUERY) or bearer_token(
+            websocket.headers.get("authorization")
+        )
+        if not token_matches(settings.token, given):
+            await _close(websocket, ErrorMessage.from_error(_unauthorized(), CloseCode.UNAUTHORIZED))
+            return
+        try:
+            with engine.session_slot(settings.max_sessions):
+                await _live_session(websocket, engine, settings, avatar)
+        except TooManySessions as error:
+            await _close(websocket, ErrorMessage.from_error(error, CloseCode.TOO_MANY_SESSIONS))
+
+    return app
+
+
+def _as_json(item: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = asdict(item)
+    return fields
+
+
+def _error_response(status: int, problem: str, fix: str) -> JSONResponse:
+    return JSONResponse({"error": problem, "fix": fix}, status_code=status)
+
+
+async def _close(websocket: WebSocket, message: ErrorMessage) -> None:
+    """Send the error, then close with its code; the client may be gone already."""
+    try:
+        await websocket.send_text(message.to_json())
+        await websocket.close(int(message.code))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+
+
+async def _live_session(
+    websocket: WebSocket, engine: ServerEngine, settings: ServerSettings, name: str
+) -> None:
+    try:
+        avatar = await anyio.to_thread.run_sync(engine.load_avatar, name)
+    except LipsyncError as error:
+        await _close(websocket, ErrorMessage.from_error(error, CloseCode.UNKNOWN_AVATAR))
+        return
+    with anyio.CancelScope(shield=True):  # a session, once made, must reach the `finally` below
+        session = await anyio.to_thread.run_sync(engine.open_stream, avatar, settings)
+    try:
+        ready = ReadyMessage.create(name, session.fps, session.width, session.height, engine.models.untrained)
+        await websocket.send_text(ready.to_json())
+        problem = await _run_loops(websocket, session, settings)
+        if problem is not None:
+            await _close(websocket, problem)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.close)
+
+
+async def _run_loops(
+    websocket: WebSocket, session: StreamSession, settings: ServerSettings
+) -> ErrorMessage | None:
+    """Receive and send until the client leaves or breaks the protocol; the problem to report, if any."""
+    problems: list[ErrorMessage] = []
+
+    async with anyio.create_task_group() as group:
+
+        async def guarded(loop: SessionLoop) -> None:
+            try:
+                problem = await loop(websocket, session, settings)
+                if problem is not None:
+                    problems.append(problem)
+            except WebSocketDisconnect:
+                pass
+            except Exception as error:  # a bug: end this session, not the server
+                log.exception("live session failed")
+                problems.append(
+                    ErrorMessage(
+                        f"internal error: {type(error).__name__}: {error}",
+                        "report this as a bug",
+                        CloseCode.INTERNAL_ERROR,
+                    )
+                )
+            finally:
+                group.cancel_scope.cancel()
+
+        group.start_soon(guarded, _receive_loop)
+        group.start_soon(guarded, _send_loop)
+    return problems[0] if problems else None
+
+
+async def _receive_loop(
+    websocket: WebSocket, session: StreamSession, settings: ServerSettings
+) -> ErrorMessage | None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        try:
+            data: bytes | None = message.get("bytes")
+            text: str | None = message.get("text")
+            size = len(data) if data is not None else len((text or "").encode("utf-8"))
+            if size > settings.max_message_bytes:
+                raise ProtocolError(
+                    f"message of {size} bytes is over the limit of {settings.max_message_bytes}",
+                    "send audio in smaller chunks (e.g. 20-200 ms each)",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
+            if data is not None:
+                _push_audio(session, data, settings)
+            elif text is not None:
+                parse_control(text)
+                session.end_speech()
+        except ProtocolError as error:
+            return ErrorMessage.from_error(error, error.code)
+
+
+def _push_audio(session: StreamSession, data: bytes, settings: ServerSettings) -> None:
+    samples = pcm_to_float(data)
+    if samples.size == 0:
+        return
+    waiting = session.pending_audio_seconds + samples.size / AUDIO_SAMPLE_RATE
+    if waiting > settings.max_pending_audio_seconds:
+        raise ProtocolError(
+            f"{waiting:.2f} s of audio would be waiting to be turned into frames, over the limit of "
+            f"{settings.max_pending_audio_seconds:g} s",
+            "send audio at about real-time pace, not faster than the server renders it",
+            CloseCode.TOO_MUCH_AUDIO,
+        )
+    session.push_audio(samples)
+
+
+class IdlePacer:
+    """When each idle frame is due on the wall clock: frame i at start + i / fps.
+
+    Frames already sent ahead of time (a fast speech turn) make the next idle frame wait; when the stream has
+    fallen behind (a slow speech turn), the clock is moved so that idle frames do not rush to catch up.
+    """
+
+    def __init__(self, fps: Fraction, start: float) -> None:
+        self.fps = fps
+        self.period = float(1 / fps)
+        self.start = start
+
+    def due(self, index: int) -> float:
+        return self.start + float(index / self.fps)
+
+    def catch_up(self, index: int, now: float) -> None:
+        if now - self.due(index) > self.period:
+            self.start = now - float(index / self.fps)
+
+
+async def _send_loop(
+    websocket: WebSocket, session: StreamSession, settings: ServerSettings
+) -> ErrorMessage | None:
+    """Send every frame as it comes; while nobody speaks and nothing is waiting, ask for idle frames.
+
+    One idle frame is asked for at a time, when it is due on the wall clock, so idle frames flow at the
+    avatar's frame rate. A client that reads slowly makes `send_bytes` wait; meanwhile the session's bounded
+    buffer drops its oldest frames (counted in `dropped`) instead of growing.
+    """
+    pacer = IdlePacer(session.fps, time.monotonic())
+    next_index = 0  # the index the next frame will have
+    idle_requested = False  # an idle frame was asked for and has not arrived yet
+    while True:
+        wait = pacer.period
+        if not idle_requested and not session.speaking:
+            wait = min(wait, max(0.0, pacer.due(next_index) - time.monotonic()))
+        frame = await anyio.to_thread.run_sync(session.get, wait)
+        if frame is not None:
+            next_index = frame.index + 1
+            idle_requested = False
+            await websocket.send_bytes(await _frame_message(frame, session, settings))
+            continue
+        if session.speaking:
+            idle_requested = False
+            continue
+        now = time.monotonic()
+        if not idle_requested and now >= pacer.due(next_index):
+            pacer.catch_up(next_index, now)
+            session.add_idle(1)
+            idle_requested = True
+
+
+async def _frame_message(frame: StreamFrame, session: StreamSession, settings: ServerSettings) -> bytes:
+    jpeg = frame.encoded
+    if jpeg is None:
+        jpeg = await anyio.to_thread.run_sync(encode_jpeg, frame.image, settings.jpeg_quality)
+    return encode_frame(
+        frame.index, frame.time, frame.speech, jpeg, int16_to_pcm(frame.audio), session.dropped
+    )

@@ -1,0 +1,304 @@
+"""What `lipsync serve` holds between requests: the models (loaded once), the avatars, sessions and jobs.
+
+Thread-safe: the event loop, the worker threads of the stream sessions and the one prepare worker all use it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lipsync.config import (
+    DEFAULT_EXTRA_MARGIN_V15,
+    DtypeChoice,
+    DubSettings,
+    FaceSettings,
+    ModelVersion,
+    RuntimeSettings,
+    ServerSettings,
+    StreamSettings,
+)
+from lipsync.errors import LipsyncError
+from lipsync.models.device import resolve_device, resolve_dtype
+from lipsync.models.loading import MuseTalkModels, load_models
+from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_avatar
+from lipsync.pipeline.avatar_store import MANIFEST_NAME
+from lipsync.pipeline.stream import StreamSession
+from lipsync.server.protocol import encode_jpeg
+
+JobState = Literal["queued", "running", "done", "failed"]
+DTYPE_LABELS: dict[torch.dtype, DtypeChoice] = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+}
+PREPARE_THREAD_NAME = "lipsync-prepare"
+
+
+class TooManySessions(LipsyncError):
+    """All session slots are taken."""
+
+
+class UnknownJob(LipsyncError):
+    """No prepare job has this id."""
+
+
+class JobConflict(LipsyncError):
+    """A prepare job for this avatar is already queued or running."""
+
+
+@dataclass(frozen=True)
+class Health:
+    status: Literal["ok"]
+    device: str
+    dtype: str
+    sessions: int
+    max_sessions: int
+    untrained: bool
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    name: str
+    source: Path
+    bbox_shift: int = 0
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of a prepare job."""
+
+    id: str
+    name: str
+    status: JobState
+    progress: float  # 0.0 .. 1.0
+    error: str | None
+
+
+@dataclass
+class _Job:
+    id: str
+    request: PrepareRequest
+    status: JobState = "queued"
+    progress: float = 0.0
+    error: str | None = None
+
+    def snapshot(self) -> JobStatus:
+        return JobStatus(self.id, self.request.name, self.status, self.progress, self.error)
+
+
+class ServerEngine:
+    """Models, avatar store and cache, the session count, and the background prepare jobs.
+
+    `settings` are the defaults of the methods that take limits; the app passes its own.
+    """
+
+    def __init__(
+        self,
+        models: MuseTalkModels,
+        store: AvatarStore,
+        settings: ServerSettings,
+        runtime: RuntimeSettings | None = None,
+    ) -> None:
+        self.models = models
+        self.store = store
+        self.settings = settings
+        self.runtime = runtime or RuntimeSettings()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._avatars: dict[str, tuple[int | None, Avatar]] = {}  # name -> (manifest mtime, avatar)
+        self._sessions = 0
+        self._jobs: dict[str, _Job] = {}
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: Path,
+        avatars: Path,
+        version: ModelVersion,
+        runtime: RuntimeSettings,
+        settings: ServerSettings,
+    ) -> ServerEngine:
+        device = resolve_device(runtime.device)
+        dtype = resolve_dtype(runtime.dtype, device)
+        models = load_models(weights, version, device, dtype)
+        return cls(models, AvatarStore(avatars), settings, runtime)
+
+    # --- health and avatars ---------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> int:
+        with self._lock:
+            return self._sessions
+
+    def health(self, settings: ServerSettings | None = None) -> Health:
+        settings = settings or self.settings
+        return Health(
+            status="ok",
+            device=str(self.models.device),
+            dtype=DTYPE_LABELS.get(self.models.dtype, str(self.models.dtype)),
+            sessions=self.sessions,
+            max_sessions=settings.max_sessions,
+            untrained=self.models.untrained,
+        )
+
+    def list_avatars(self) -> list[AvatarInfo]:
+        return self.store.list()
+
+    def load_avatar(self, name: str) -> Avatar:
+        """The avatar from the cache, or loaded (and verified) from the store; blocking, so call it from a
+        worker thread. A cached avatar whose manifest changed on disk (prepared again elsewhere) is reloaded.
+        """
+        stamp = self._manifest_stamp(name)
+        with self._load_lock:
+            cached = self._avatars.get(name)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            avatar = self.store.load(name)
+            self._avatars[name] = (stamp, avatar)
+            return avatar
+
+    def _manifest_stamp(self, name: str) -> int | None:
+        try:
+            return (self.store.path(name) / MANIFEST_NAME).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def forget_avatar(self, name: str) -> None:
+        """Drop a cached avatar (it was prepared again); sessions using it keep their copy."""
+        with self._load_lock:
+            self._avatars.pop(name, None)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def session_slot(self, limit: int | None = None) -> Iterator[None]:
+        """Hold one of `limit` (default: `max_sessions`) slots, or raise TooManySessions."""
+        limit = self.settings.max_sessions if limit is None else limit
+        with self._lock:
+            if self._sessions >= limit:
+                raise TooManySessions(
+                    f"the server already runs its limit of {limit} sessions",
+                    "close another session and try again, or start the server with a higher --max-sessions",
+                )
+            self._sessions += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sessions -= 1
+
+    @staticmethod
+    def stream_settings(settings: ServerSettings) -> StreamSettings:
+        """A slow client must not make the server buffer without bound: full buffers drop frames."""
+        return replace(settings.stream, drop_when_full=True, max_buffered_frames=settings.max_buffered_frames)
+
+    def open_stream(self, avatar: Avatar, settings: ServerSettings | None = None) -> StreamSession:
+        """A new stream session whose frames come JPEG-encoded (on its compose thread)."""
+        settings = settings or self.settings
+        encode = partial(encode_jpeg, quality=settings.jpeg_quality)
+        return StreamSession(self.models, avatar, self.stream_settings(settings), encode_image=encode)
+
+    # --- prepare jobs ---------------------------------------------------------------------------
+
+    def prepare_settings(self, bbox_shift: int) -> DubSettings:
+        version = self.models.version
+        margin = DEFAULT_EXTRA_MARGIN_V15 if version == "v15" else 0
+        return DubSettings(
+            version=version,
+            face=FaceSettings(bbox_shift=bbox_shift, extra_margin=margin),
+            runtime=self.runtime,
+        )
+
+    def submit_prepare(self, request: PrepareRequest) -> JobStatus:
+        """Queue a prepare job; one worker thread runs the jobs one after another."""
+        with self._lock:
+            if self._closed:
+                raise LipsyncError("the server is shutting down", "start it again, then retry")
+            for job in self._jobs.values():
+                if job.request.name == request.name and job.status in ("queued", "running"):
+                    raise JobConflict(
+                        f"avatar {request.name!r} is already being prepared (job {job.id})",
+                        f"wait until GET /api/jobs/{job.id} says done or failed, then retry",
+                    )
+            job = _Job(uuid.uuid4().hex, request)
+            self._jobs[job.id] = job
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name=PREPARE_THREAD_NAME, daemon=True)
+                self._worker.start()
+            self._queue.put(job)
+            return job.snapshot()
+
+    def job(self, job_id: str) -> JobStatus:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise UnknownJob(f"no job {job_id!r}", "use the id that POST /api/avatars answered with")
+            return job.snapshot()
+
+    def _update(self, job: _Job, **changes: object) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(job, key, value)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.status == "queued":  # not failed by close()
+                self._run_job(job)
+
+    def _run_job(self, job: _Job) -> None:
+        request = job.request
+        self._update(job, status="running")
+
+        def on_progress(fraction: float) -> None:
+            self._update(job, progress=min(max(float(fraction), 0.0), 1.0))
+
+        try:
+            prepare_avatar(
+                self.models,
+                self.store,
+                request.name,
+                request.source,
+                self.prepare_settings(request.bbox_shift),
+                force=request.force,
+                on_progress=on_progress,
+                show_bar=False,
+            )
+        except LipsyncError as error:
+            self._update(job, status="failed", error=str(error))
+        except Exception as error:  # a bug must not kill the worker: report it on the job
+            self._update(job, status="failed", error=f"internal error: {type(error).__name__}: {error}")
+        else:
+            self.forget_avatar(request.name)
+            self._update(job, status="done", progress=1.0)
+
+    def close(self, wait: bool = False) -> None:
+        """Stop taking jobs; queued ones fail. With `wait`, also wait for the running one."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker
+            for job in self._jobs.values():
+                if job.status == "queued":
+                    job.status, job.error = "failed", "the server shut down before the job started"
+        if worker is not None:
+            self._queue.put(None)
+            if wait:
+                worker.join()
+        with self._load_lock:
+            self._avatars.clear()

@@ -1,0 +1,97 @@
+"""Starting `lipsync serve`: the bind/token rule, then uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from lipsync.config import ModelVersion, RuntimeSettings, ServerSettings
+from lipsync.errors import LipsyncError
+
+LOOPBACK_NAMES = frozenset({"localhost"})
+# uvicorn refuses WebSocket messages above this many bytes on its own (close 1009); one byte above the
+# app's limit, so a message just over the limit still reaches the app and gets an error message first.
+TRANSPORT_SLACK_BYTES = 1
+TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost" are reachable from this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Binding to anything but loopback needs a token: anyone who can reach the port could use the server."""
+    if not is_loopback(host) and not token:
+        raise LipsyncError(
+            f"--host {host} makes the server reachable from other machines, and no token is set",
+            "pass --token SECRET (or set LIPSYNC_TOKEN=SECRET); clients then send "
+            "'Authorization: Bearer SECRET' (or ?token=SECRET on the WebSocket URL). "
+            "Or bind to 127.0.0.1 (the default) to serve this machine only",
+        )
+
+
+class RedactToken(logging.Filter):
+    """uvicorn logs WebSocket paths, and browsers put the token in them: keep it out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = TOKEN_IN_URL.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.max_message_bytes + TRANSPORT_SLACK_BYTES,
+        ws_per_message_deflate=False,  # JPEG and PCM hardly compress; the limit is then on plain bytes
+        log_level="info",
+    )
+
+
+def serve(
+    settings: ServerSettings,
+    weights: Path,
+    avatars: Path,
+    version: ModelVersion,
+    runtime: RuntimeSettings,
+) -> None:
+    """Check the bind address, load the models once, then serve until interrupted."""
+    settings = replace(settings, token=settings.token or None)
+    check_bind(settings.host, settings.token)  # before anything slow: a refusal should come at once
+
+    from lipsync.server.app import create_app
+    from lipsync.server.engine import ServerEngine
+
+    engine = ServerEngine.from_weights(weights, avatars, version, runtime, settings)
+    try:
+        if engine.models.untrained:
+            print(
+                "WARNING: serving with UNTRAINED scaffolded weights: the mouths are random", file=sys.stderr
+            )
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"lipsync serve: http://{host}:{settings.port}/ (avatars in {avatars})", file=sys.stderr)
+        server = uvicorn.Server(uvicorn_config(create_app(engine, settings), settings))
+        for name in UVICORN_LOGGERS:  # uvicorn sets its loggers up when the config is made
+            logging.getLogger(name).addFilter(RedactToken())
+        server.run()
+    finally:
+        engine.close()

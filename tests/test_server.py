@@ -1,0 +1,660 @@
+"""`lipsync serve`: the wire protocol, the token rule, REST, and live WebSocket sessions with tiny weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lipsync.config import AUDIO_SAMPLE_RATE, ServerSettings
+from lipsync.errors import LipsyncError
+from lipsync.server.protocol import (
+    HEADER_LENGTH,
+    CloseCode,
+    ProtocolError,
+    decode_frame,
+    decode_jpeg,
+    encode_frame,
+    encode_jpeg,
+    float_to_pcm,
+    parse_control,
+    pcm_to_float,
+)
+from lipsync.server.run import check_bind, is_loopback
+
+from conftest import media
+
+TOKEN = "s3cret-token"
+DEADLINE_S = 20.0
+STREAM_THREAD_PREFIX = "lipsync-stream-"
+
+
+# --- protocol ----------------------------------------------------------------------------------------
+
+
+def test_frame_message_layout_and_round_trip() -> None:
+    jpeg, pcm = b"\xff\xd8jpeg\xff\xd9", bytes(range(10))
+    data = encode_frame(17, 0.68, True, jpeg, pcm, dropped=3)
+    (length,) = struct.unpack("<I", data[:4])
+    header = json.loads(data[4 : 4 + length])
+    assert header == {
+        "type": "frame",
+        "index": 17,
+        "time": 0.68,
+        "speech": True,
+        "jpeg_bytes": len(jpeg),
+        "audio_bytes": len(pcm),
+        "dropped": 3,
+    }
+    assert data[4 + length :] == jpeg + pcm
+    message = decode_frame(data)
+    assert (message.header.index, message.header.speech, message.jpeg, message.pcm) == (17, True, jpeg, pcm)
+
+
+def test_truncated_frame_message_is_rejected() -> None:
+    data = encode_frame(0, 0.0, False, b"abc", b"", dropped=0)
+    with pytest.raises(ProtocolError, match="announces"):
+        decode_frame(data[:-1])
+    with pytest.raises(ProtocolError):
+        decode_frame(data[: HEADER_LENGTH.size - 1])
+
+
+def test_pcm_conversion_round_trips_and_rejects_half_samples() -> None:
+    samples = np.array([0.0, 0.5, -0.5, -1.0, 0.999], dtype=np.float32)
+    pcm = float_to_pcm(samples)
+    assert len(pcm) == 2 * len(samples)
+    assert np.frombuffer(pcm, "<i2").tolist() == [0, 16384, -16384, -32767, 32734]
+    np.testing.assert_allclose(pcm_to_float(pcm), samples, atol=1 / 32767)
+    every = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    assert float_to_pcm(pcm_to_float(every)) == every  # exact both ways
+    assert float_to_pcm(np.array([2.0, -2.0])) == struct.pack("<hh", 32767, -32768)  # clipped
+    with pytest.raises(ProtocolError, match="odd") as caught:
+        pcm_to_float(b"\x00\x01\x02")
+    assert caught.value.code == CloseCode.BAD_MESSAGE
+
+
+def test_jpeg_keeps_rgb_channel_order() -> None:
+    image = np.zeros((32, 48, 3), np.uint8)
+    image[..., 0] = 200  # red
+    decoded = decode_jpeg(encode_jpeg(image, quality=95))
+    assert decoded.shape == image.shape
+    assert abs(int(decoded[..., 0].mean()) - 200) < 5 and decoded[..., 2].mean() < 5
+
+
+def test_control_messages() -> None:
+    assert parse_control('{"type": "end"}').type == "end"
+    for text in ("{nope", '{"type": "start"}', "[1, 2]"):
+        with pytest.raises(ProtocolError) as caught:
+            parse_control(text)
+        assert caught.value.code == CloseCode.BAD_MESSAGE and "end" in caught.value.fix
+
+
+# --- the token rule ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"])
+def test_loopback_needs_no_token(host: str) -> None:
+    assert is_loopback(host)
+    check_bind(host, None)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "example.com", "128.0.0.1"])
+def test_other_addresses_need_a_token(host: str) -> None:
+    assert not is_loopback(host)
+    for missing in (None, ""):
+        with pytest.raises(LipsyncError) as caught:
+            check_bind(host, missing)
+        assert host in caught.value.problem
+        assert "--token" in caught.value.fix and "LIPSYNC_TOKEN" in caught.value.fix
+    check_bind(host, TOKEN)
+
+
+def test_tokens_in_logged_urls_are_redacted() -> None:
+    import logging
+
+    from lipsync.server.run import RedactToken
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", f"/ws/anna?token={TOKEN}&x=1"),
+        None,
+    )
+    assert RedactToken().filter(record)
+    assert TOKEN not in record.getMessage() and "/ws/anna?token=***&x=1" in record.getMessage()
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    from lipsync.cli import serve_cmd
+
+    parser = argparse.ArgumentParser(prog="lipsync")
+    serve_cmd.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_serve_command_refuses_a_public_bind_before_loading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lipsync.cli import serve_cmd
+
+    monkeypatch.delenv("LIPSYNC_TOKEN", raising=False)
+    args = serve_parser().parse_args(["serve", "--host", "0.0.0.0", "--weights", str(tmp_path / "none")])
+    assert (args.port, args.max_sessions, args.model_version) == (8765, 4, "v15")
+    with pytest.raises(LipsyncError) as caught:
+        serve_cmd.run(args)
+    assert "--token" in caught.value.fix  # not a weights error: the check comes first
+
+
+def still_photo(folder: Path) -> Path:
+    """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(media("talk_c.mp4")))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    path = folder / "still.png"
+    cv2.imwrite(str(path), frame)
+    return path
+
+
+# --- app fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_parts(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, str]:
+    """(models, store, name): the tiny models and a store with one avatar made from a still of talk_c.mp4.
+
+    A still prepares in well under a second (the 125-frame clip takes many); the server treats both alike.
+    """
+    from lipsync.pipeline.avatar import AvatarStore, prepare_avatar
+
+    folder = tmp_path_factory.mktemp("server-avatars")
+    store = AvatarStore(folder / "avatars")
+    prepare_avatar(tiny_models, store, "still", still_photo(folder), show_bar=False)
+    return tiny_models, store, "still"
+
+
+@pytest.fixture(scope="module")
+def avatar_name(engine_parts: tuple[Any, Any, str]) -> str:
+    return engine_parts[2]
+
+
+Server = tuple[Any, Any]  # (TestClient, ServerEngine)
+
+
+@pytest.fixture
+def make_server(engine_parts: tuple[Any, Any, str]) -> Iterator[Callable[..., Server]]:
+    """make_server(**ServerSettings overrides) -> (TestClient, ServerEngine); engines are closed after."""
+    from fastapi.testclient import TestClient
+
+    from lipsync.server.app import create_app
+    from lipsync.server.engine import ServerEngine
+
+    models, store, _ = engine_parts
+    engines: list[ServerEngine] = []
+
+    def make(**overrides: Any) -> Server:
+        settings = replace(ServerSettings(), **overrides)
+        engine = ServerEngine(models, store, settings)
+        engines.append(engine)
+        return TestClient(create_app(engine, settings)), engine
+
+    yield make
+    for engine in engines:
+        engine.close(wait=True)
+
+
+def stream_threads() -> set[threading.Thread]:
+    """The worker threads of live StreamSessions."""
+    return {t for t in threading.enumerate() if t.name.startswith(STREAM_THREAD_PREFIX)}
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.3 * rng.standard_normal(round(seconds * AUDIO_SAMPLE_RATE))).astype(np.float32)
+
+
+def close_code(ws: Any) -> tuple[dict[str, Any], int]:
+    """The error message, then the close code, of a socket the server is closing."""
+    from starlette.websockets import WebSocketDisconnect
+
+    error = ws.receive_json()
+    with pytest.raises(WebSocketDisconnect) as caught:
+        ws.receive_bytes()
+    return error, caught.value.code
+
+
+# --- REST --------------------------------------------------------------------------------------------
+
+
+def test_health_and_avatar_list(make_server: Callable[..., Server], avatar_name: str) -> None:
+    client, _ = make_server()
+    health = client.get("/api/health").json()
+    assert health == {
+        "status": "ok",
+        "device": "cpu",
+        "dtype": health["dtype"],
+        "sessions": 0,
+        "max_sessions": 4,
+        "untrained": True,
+    }
+    assert health["dtype"] in ("fp32", "bf16")
+    (avatar,) = client.get("/api/avatars").json()["avatars"]
+    assert avatar["name"] == avatar_name and avatar["problem"] is None
+    assert (avatar["fps"], avatar["width"], avatar["height"], avatar["frames"]) == (25.0, 590, 590, 1)
+    assert avatar["frames_with_face"] == 1 and avatar["source"].endswith("still.png") and avatar["created"]
+
+
+def test_rest_token(make_server: Callable[..., Server]) -> None:
+    client, _ = make_server(token=TOKEN)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        answer = client.get("/api/health", headers=headers)
+        assert answer.status_code == 401
+        assert answer.json()["error"] == "missing or wrong token" and "Bearer" in answer.json()["fix"]
+    assert client.get("/api/avatars", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.post("/api/avatars", json={"name": "x", "source": "/x"}).status_code == 401
+
+
+def test_page_is_served_without_a_token(make_server: Callable[..., Server]) -> None:
+    from lipsync.server.app import INDEX_PAGE
+
+    client, _ = make_server(token=TOKEN)
+    page = client.get("/")
+    if INDEX_PAGE.is_file():
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    else:
+        assert page.status_code == 404 and "fix" in page.json()
+
+
+def test_prepare_job_reaches_done(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lipsync.pipeline.avatar import AvatarStore
+    from lipsync.server.app import create_app
+    from lipsync.server.engine import ServerEngine
+
+    engine = ServerEngine(engine_parts[0], AvatarStore(tmp_path / "avatars"), ServerSettings())
+    client = TestClient(create_app(engine, engine.settings))
+    try:
+        answer = client.post("/api/avatars", json={"name": "photo", "source": str(still_photo(tmp_path))})
+        assert answer.status_code == 202
+        job_id = answer.json()["job"]
+        seen: list[float] = []
+
+        def finished() -> bool:
+            status = client.get(f"/api/jobs/{job_id}").json()
+            seen.append(status["progress"])
+            return status["status"] in ("done", "failed")
+
+        wait_until(finished, "the prepare job finished")
+        status = client.get(f"/api/jobs/{job_id}").json()
+        assert status == {"id": job_id, "name": "photo", "status": "done", "progress": 1.0, "error": None}
+        assert seen == sorted(seen) and all(0.0 <= p <= 1.0 for p in seen)  # progress only goes up
+        (avatar,) = client.get("/api/avatars").json()["avatars"]
+        assert (avatar["name"], avatar["frames"], avatar["fps"]) == ("photo", 1, 25.0)
+    finally:
+        engine.close(wait=True)
+
+
+def test_prepare_rejects_bad_requests(make_server: Callable[..., Server], tmp_path: Path) -> None:
+    client, _ = make_server()
+    missing = client.post("/api/avatars", json={"name": "anna", "source": str(tmp_path / "none.mp4")})
+    assert missing.status_code == 400 and "none.mp4" in missing.json()["error"]
+    bad_name = client.post("/api/avatars", json={"name": "../evil", "source": str(media("talk_c.mp4"))})
+    assert bad_name.status_code == 400 and "letters" in bad_name.json()["fix"]
+    no_source = client.post("/api/avatars", json={"name": "anna"})
+    assert no_source.status_code == 400 and "source" in no_source.json()["error"]
+    unknown = client.get("/api/jobs/nope")
+    assert unknown.status_code == 404 and unknown.json()["fix"]
+
+
+def test_a_failed_job_reports_its_error(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> None:
+    from lipsync.pipeline.avatar import AvatarStore
+    from lipsync.server.engine import PrepareRequest, ServerEngine
+
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    engine = ServerEngine(engine_parts[0], AvatarStore(tmp_path / "avatars"), ServerSettings())
+    try:
+        job = engine.submit_prepare(PrepareRequest("notes", not_a_video))
+        wait_until(lambda: engine.job(job.id).status in ("done", "failed"), "the job finished")
+        status = engine.job(job.id)
+        assert status.status == "failed" and status.error and "notes.mp4" in status.error
+    finally:
+        engine.close(wait=True)
+
+
+# --- WebSocket ---------------------------------------------------------------------------------------
+
+
+def ready(ws: Any) -> dict[str, Any]:
+    message: dict[str, Any] = ws.receive_json()
+    assert message["type"] == "ready", message
+    return message
+
+
+def test_speech_turn_frames_timestamps_and_audio(
+    make_server: Callable[..., Server], avatar_name: str
+) -> None:
+    client, engine = make_server()
+    audio = speech(1.3)
+    pcm = float_to_pcm(audio)
+    with client.websocket_connect(f"/ws/{avatar_name}") as ws:
+        info = ready(ws)
+        assert info == {
+            "type": "ready",
+            "avatar": avatar_name,
+            "fps": 25.0,
+            "fps_num": 25,
+            "fps_den": 1,
+            "width": 590,
+            "height": 590,
+            "sample_rate": AUDIO_SAMPLE_RATE,
+            "untrained": True,
+        }
+        fps = Fraction(info["fps_num"], info["fps_den"])
+        chunk = 2 * 1234  # odd sample counts per chunk: frames must not depend on chunking
+        for start in range(0, len(pcm), chunk):
+            ws.send_bytes(pcm[start : start + chunk])
+        ws.send_text(json.dumps({"type": "end"}))
+        frames = []
+        while True:  # the turn's frames, then idle frames again
+            message = decode_frame(ws.receive_bytes())
+            frames.append(message)
+            if not message.header.speech and any(f.header.speech for f in frames):
+                break
+    spoken = [f for f in frames if f.header.speech]
+    assert len(spoken) == math.floor(len(audio) / AUDIO_SAMPLE_RATE * fps) == 32
+    indices = [f.header.index for f in frames]
+    assert indices == list(range(indices[0], indices[0] + len(frames)))  # nothing dropped, in order
+    for frame in frames:
+        assert frame.header.time == pytest.approx(frame.header.index / float(fps))
+        assert frame.header.dropped == 0
+        assert decode_jpeg(frame.jpeg).shape == (590, 590, 3)
+    samples_per_frame = AUDIO_SAMPLE_RATE // 25
+    assert all(f.header.audio_bytes == 2 * samples_per_frame for f in spoken)
+    assert b"".join(f.pcm for f in spoken) == pcm[: 2 * samples_per_frame * len(spoken)]
+    assert all(f.pcm == b"" for f in frames if not f.header.speech)
+    wait_until(lambda: engine.sessions == 0, "the session ended")
+
+
+def test_idle_frames_arrive_at_the_frame_rate(make_server: Callable[..., Server], avatar_name: str) -> None:
+    client, _ = make_server()
+    with client.websocket_connect(f"/ws/{avatar_name}") as ws:
+        ready(ws)
+        start = time.monotonic()
+        frames = [decode_frame(ws.receive_bytes()) for _ in range(10)]
+        elapsed = time.monotonic() - start
+    assert [f.header.index for f in frames] == list(range(10))
+    assert not any(f.header.speech for f in frames) and all(f.header.audio_bytes == 0 for f in frames)
+    assert 9 / 25 * 0.8 < elapsed < 9 / 25 + 1.0  # paced by the wall clock, not as fast as possible
+
+
+def test_disconnect_mid_stream_frees_the_session(
+    make_server: Callable[..., Server], avatar_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lipsync.pipeline.stream import StreamSession
+
+    closed: list[StreamSession] = []
+    original_close = StreamSession.close
+
+    def close(session: StreamSession) -> None:
+        closed.append(session)
+        original_close(session)
+
+    monkeypatch.setattr(StreamSession, "close", close)
+    client, engine = make_server()
+    before = stream_threads()
+    with client.websocket_connect(f"/ws/{avatar_name}") as ws:
+        ready(ws)
+        ws.send_bytes(float_to_pcm(speech(3.0)))
+        while not decode_frame(ws.receive_bytes()).header.speech:
+            pass
+        assert engine.sessions == 1 and len(stream_threads() - before) == 3
+        # leaving the block disconnects while the turn's frames are still being made
+    wait_until(lambda: engine.sessions == 0, "the session counter returned to 0")
+    wait_until(lambda: stream_threads() <= before, "the stream threads ended")
+    assert len(closed) == 1
+    assert client.get("/api/health").json()["sessions"] == 0
+
+
+def test_unknown_avatar_and_wrong_token_close_with_codes(
+    make_server: Callable[..., Server], avatar_name: str
+) -> None:
+    client, engine = make_server(token=TOKEN)
+    for url in (f"/ws/{avatar_name}", f"/ws/{avatar_name}?token=wrong"):
+        with client.websocket_connect(url) as ws:
+            error, code = close_code(ws)
+        assert code == CloseCode.UNAUTHORIZED and error["type"] == "error" and "token" in error["fix"]
+    with client.websocket_connect(f"/ws/nobody?token={TOKEN}") as ws:
+        error, code = close_code(ws)
+    assert code == CloseCode.UNKNOWN_AVATAR and "nobody" in error["error"] and error["fix"]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with client.websocket_connect(f"/ws/{avatar_name}", headers=headers) as ws:
+        ready(ws)
+    wait_until(lambda: engine.sessions == 0, "the session ended")
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "words"),
+    [
+        (b"\x00" * (4096 + 2), CloseCode.MESSAGE_TOO_BIG, "over the limit"),
+        (b"\x00\x01\x02", CloseCode.BAD_MESSAGE, "odd"),
+        ("{not json", CloseCode.BAD_MESSAGE, "not JSON"),
+        ('{"type": "start"}', CloseCode.BAD_MESSAGE, "unknown"),
+        (b"\x00" * 4096, CloseCode.TOO_MUCH_AUDIO, "waiting"),
+    ],
+)
+def test_bad_messages_close_the_session(
+    make_server: Callable[..., Server], avatar_name: str, message: bytes | str, code: int, words: str
+) -> None:
+    # 4096 bytes = 2048 samples = 0.128 s: over the 0.1 s of audio allowed to wait
+    client, engine = make_server(max_message_bytes=4096, max_pending_audio_seconds=0.1)
+    with client.websocket_connect(f"/ws/{avatar_name}") as ws:
+        ready(ws)
+        if isinstance(message, bytes):
+            ws.send_bytes(message)
+        else:
+            ws.send_text(message)
+        while True:  # idle frames may come first
+            reply = ws.receive()
+            if "text" in reply:
+                break
+        error = json.loads(reply["text"])
+        assert error["type"] == "error" and words in error["error"] and error["fix"]
+        final = ws.receive()
+    assert final == {"type": "websocket.close", "code": code, "reason": ""}
+    wait_until(lambda: engine.sessions == 0, "the session ended")
+
+
+def test_concurrent_sessions_and_the_session_limit(
+    make_server: Callable[..., Server], avatar_name: str
+) -> None:
+    client, engine = make_server(max_sessions=4)
+    audio = [speech(0.5, seed) for seed in range(4)]
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(client.websocket_connect(f"/ws/{avatar_name}")) for _ in range(4)]
+        for ws in sockets:
+            ready(ws)
+        assert engine.sessions == 4 and client.get("/api/health").json()["sessions"] == 4
+        with client.websocket_connect(f"/ws/{avatar_name}") as fifth:
+            error, code = close_code(fifth)
+        assert code == CloseCode.TOO_MANY_SESSIONS and "4 sessions" in error["error"]
+        assert "--max-sessions" in error["fix"]
+        for ws, samples in zip(sockets, audio, strict=True):
+            ws.send_bytes(float_to_pcm(samples))
+            ws.send_text('{"type": "end"}')
+        for ws, samples in zip(sockets, audio, strict=True):  # each session gets its own audio back
+            spoken: list[bytes] = []
+            while len(spoken) < 12:
+                frame = decode_frame(ws.receive_bytes())
+                if frame.header.speech:
+                    spoken.append(frame.pcm)
+            assert b"".join(spoken) == float_to_pcm(samples)[: 12 * 640 * 2]
+    wait_until(lambda: engine.sessions == 0, "all sessions ended")
+    with client.websocket_connect(f"/ws/{avatar_name}") as ws:  # a slot is free again
+        ready(ws)
+
+
+class StalledSocket:
+    """A client that stops reading after the first frame until the session has made all its speech frames."""
+
+    def __init__(self, session: Any, done: Any) -> None:
+        self.session = session
+        self.done = done  # cancel scope: cancelled once the speech turn is over and an idle frame came
+        self.headers: list[Any] = []
+
+    async def send_bytes(self, data: bytes) -> None:
+        import anyio
+
+        self.headers.append(decode_frame(data).header)
+        if len(self.headers) == 1:
+            while self.session.speaking:
+                await anyio.sleep(0.01)
+        elif not self.headers[-1].speech:
+            self.done.cancel()
+
+
+def test_a_slow_client_gets_frames_dropped_not_buffered(engine_parts: tuple[Any, Any, str]) -> None:
+    import anyio
+
+    from lipsync.server.app import _send_loop
+    from lipsync.server.engine import ServerEngine
+
+    models, store, name = engine_parts
+    settings = ServerSettings(max_buffered_frames=4)
+    engine = ServerEngine(models, store, settings)
+    most_buffered = 0
+
+    async def watch(session: Any) -> None:
+        nonlocal most_buffered
+        while True:
+            most_buffered = max(most_buffered, session.buffered_frames)
+            await anyio.sleep(0.002)
+
+    async def run(session: Any) -> StalledSocket:
+        with anyio.move_on_after(DEADLINE_S) as scope:
+            client = StalledSocket(session, scope)
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch, session)
+                await _send_loop(client, session, settings)  # type: ignore[arg-type]
+        return client
+
+    with engine.open_stream(engine.load_avatar(name)) as session:
+        session.push_audio(speech(2.0))  # 50 frames
+        session.end_speech()
+        client = anyio.run(run, session)
+        dropped = session.dropped
+    speech_frames = [h for h in client.headers if h.speech]
+    assert client.headers[-1].dropped == dropped > 0 and not client.headers[-1].speech
+    assert len(speech_frames) + dropped == 50  # every frame was either sent or counted as dropped
+    assert most_buffered <= settings.max_buffered_frames
+    indices = [h.index for h in speech_frames]
+    assert indices == sorted(indices) and indices[-1] == 49  # the newest frames were kept
+
+
+# --- a real server on a loopback port -----------------------------------------------------------------
+
+
+@contextmanager
+def running_server(engine: Any, settings: ServerSettings) -> Iterator[int]:
+    import uvicorn
+
+    from lipsync.server.app import create_app
+    from lipsync.server.run import uvicorn_config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn_config(create_app(engine, settings), replace(settings, port=port))
+    config.log_level = "warning"
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "uvicorn started")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(DEADLINE_S)
+        sock.close()
+
+
+def test_real_server_token_oversize_and_disconnect(
+    engine_parts: tuple[Any, Any, str], avatar_name: str
+) -> None:
+    import asyncio
+
+    import httpx
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from lipsync.server.engine import ServerEngine
+
+    settings = ServerSettings(token=TOKEN, max_message_bytes=8192)
+    engine = ServerEngine(engine_parts[0], engine_parts[1], settings)
+
+    async def closed_with(url: str, message: bytes | None = None) -> tuple[int | None, str]:
+        async with connect(url, max_size=None) as ws:
+            first = await ws.recv()
+            if message is not None:
+                await ws.send(message)
+            try:
+                while True:
+                    await ws.recv()
+            except ConnectionClosed as closed:
+                return (closed.rcvd.code if closed.rcvd else None), str(first)
+
+    async def leave_mid_stream(url: str) -> None:
+        async with connect(url, max_size=None) as ws:
+            await ws.recv()
+            pcm = float_to_pcm(speech(2.0))
+            for start in range(0, len(pcm), 8192):
+                await ws.send(pcm[start : start + 8192])
+            while not decode_frame(await ws.recv()).header.speech:  # type: ignore[arg-type]
+                pass
+
+    before = stream_threads()
+    with running_server(engine, settings) as port:
+        base = f"ws://127.0.0.1:{port}/ws/{avatar_name}"
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 401
+        assert (
+            httpx.get(
+                f"http://127.0.0.1:{port}/api/health", headers={"Authorization": f"Bearer {TOKEN}"}
+            ).json()["status"]
+            == "ok"
+        )
+        code, first = asyncio.run(closed_with(f"{base}?token=nope"))
+        assert code == CloseCode.UNAUTHORIZED and "token" in first
+        code, first = asyncio.run(closed_with(f"{base}?token={TOKEN}", b"\x00" * 8194))  # the app's check
+        assert code == CloseCode.MESSAGE_TOO_BIG and json.loads(first)["type"] == "ready"
+        code, _ = asyncio.run(closed_with(f"{base}?token={TOKEN}", b"\x00" * 100_000))  # uvicorn's limit
+        assert code == CloseCode.MESSAGE_TOO_BIG
+        asyncio.run(leave_mid_stream(f"{base}?token={TOKEN}"))
+        wait_until(lambda: engine.sessions == 0, "the session counter returned to 0")
+        wait_until(lambda: stream_threads() <= before, "the stream threads ended")
+    engine.close(wait=True)

@@ -13,7 +13,7 @@ DEMO_VIDEO ?= $(MEDIA)/talk_c.mp4
 DEMO_AUDIO ?= $(MEDIA)/speech_44k_stereo.wav
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup demo test lint pytest bench clean
+.PHONY: setup demo live test lint pytest bench bench-live clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,19 +27,14 @@ setup: $(VENV)/.installed
 
 demo: setup
 	@mkdir -p $(dir $(DEMO_OUT))
-	@if $(LIPSYNC) weights check $(WEIGHTS) --version $(VERSION) >/dev/null 2>&1 \
-	     && [ ! -f $(WEIGHTS)/UNTRAINED.json ]; then \
-	  echo "Using the released MuseTalk $(VERSION) weights in $(WEIGHTS)."; weights=$(WEIGHTS); \
-	else \
-	  echo "################################################################################"; \
-	  echo "# No released MuseTalk weights in ./$(WEIGHTS) (see README, 'Weights')."; \
-	  echo "# Using TINY UNTRAINED weights instead: the mouth will be random, NOT lip-sync."; \
-	  echo "# The output is labelled as untrained. Put the real weights in ./$(WEIGHTS)."; \
-	  echo "################################################################################"; \
-	  [ -f $(UNTRAINED_WEIGHTS)/UNTRAINED.json ] || $(LIPSYNC) weights scaffold $(UNTRAINED_WEIGHTS) --tiny; \
-	  weights=$(UNTRAINED_WEIGHTS); \
-	fi; \
+	weights=$$(tools/demo-weights $(LIPSYNC) $(WEIGHTS) $(UNTRAINED_WEIGHTS) $(VERSION)) && \
 	$(LIPSYNC) dub $(DEMO_VIDEO) $(DEMO_AUDIO) -o $(DEMO_OUT) --weights $$weights --version $(VERSION)
+
+# A live avatar in the browser: prepare the demo clip once, then serve http://127.0.0.1:8765
+live: setup
+	weights=$$(tools/demo-weights $(LIPSYNC) $(WEIGHTS) $(UNTRAINED_WEIGHTS) $(VERSION)) && \
+	$(LIPSYNC) avatar prepare $(DEMO_VIDEO) --name demo --weights $$weights --version $(VERSION) && \
+	$(LIPSYNC) serve --weights $$weights --version $(VERSION)
 
 test: setup lint pytest
 
@@ -59,5 +54,11 @@ bench: setup
 	@[ -f $(WEIGHTS)/sd-vae/config.json ] || { echo "no weights in $(WEIGHTS): run '$(LIPSYNC) weights scaffold $(WEIGHTS)' for full-size untrained ones"; exit 2; }
 	$(LIPSYNC) bench $(DEMO_VIDEO) $(DEMO_AUDIO) --weights $(WEIGHTS) --version $(VERSION)
 
+# Live-session latency and load: 1, 2 and 4 concurrent WebSocket sessions on loopback.
+bench-live: setup
+	weights=$$(tools/demo-weights $(LIPSYNC) $(WEIGHTS) $(UNTRAINED_WEIGHTS) $(VERSION)) && \
+	$(LIPSYNC) avatar prepare $(DEMO_VIDEO) --name demo --weights $$weights --version $(VERSION) -q && \
+	$(LIPSYNC) bench-live --avatar demo --weights $$weights --version $(VERSION) --audio $(DEMO_AUDIO)
+
 clean:
-	rm -rf out $(UNTRAINED_WEIGHTS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out avatars $(UNTRAINED_WEIGHTS) .pytest_cache .mypy_cache .ruff_cache

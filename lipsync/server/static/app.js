@@ -35,23 +35,26 @@ const token = new URLSearchParams(window.location.search).get("token");
 const textDecoder = new TextDecoder();
 
 // Counters for people and for tests (tests/test_browser.py reads them).
-const stats = {
-  connected: false,
-  ready: null, // the server's "ready" message
-  framesReceived: 0,
-  speechFrames: 0,
-  idleFrames: 0,
-  idleFramesBeforeSpeech: 0, // idle frames received before the first speech frame
-  framesDrawn: 0,
-  speechFramesShown: 0, // speech frames whose audio started (drawn, or passed over by a newer due frame)
-  audioSamplesScheduled: 0,
-  audioSamplesSent: 0,
-  lastIndex: -1,
-  lastSpeechIndex: -1,
-  dropped: 0,
-  fps: 0,
-  sendsCompleted: 0, // speech turns ended with {"type": "end"}
-};
+function freshStats() {
+  return {
+    connected: false,
+    ready: null, // the server's "ready" message
+    framesReceived: 0,
+    speechFrames: 0,
+    idleFrames: 0,
+    idleFramesBeforeSpeech: 0, // idle frames received before the first speech frame
+    framesDrawn: 0,
+    speechFramesShown: 0, // speech frames whose audio started (drawn, or passed over by a newer due frame)
+    audioSamplesScheduled: 0,
+    audioSamplesSent: 0,
+    lastIndex: -1,
+    lastSpeechIndex: -1,
+    dropped: 0,
+    fps: 0,
+    sendsCompleted: 0, // speech turns ended with {"type": "end"}
+  };
+}
+const stats = freshStats();
 window.lipsyncStats = stats;
 
 const session = {
@@ -151,23 +154,7 @@ function resetSession() {
   session.playhead = 0;
   session.receiveTimes = [];
   session.frameChain = Promise.resolve();
-  Object.assign(stats, {
-    connected: false,
-    ready: null,
-    framesReceived: 0,
-    speechFrames: 0,
-    idleFrames: 0,
-    idleFramesBeforeSpeech: 0,
-    framesDrawn: 0,
-    speechFramesShown: 0,
-    audioSamplesScheduled: 0,
-    audioSamplesSent: 0,
-    lastIndex: -1,
-    lastSpeechIndex: -1,
-    dropped: 0,
-    fps: 0,
-    sendsCompleted: 0,
-  });
+  Object.assign(stats, freshStats());
   els.banner.hidden = true;
 }
 

@@ -45,10 +45,7 @@ class FaceTrack:
         return bool(self.boxes[index, 0] != NO_BOX)
 
     def box(self, index: int) -> CropBox | None:
-        if not self.has_face(index):
-            return None
-        x1, y1, x2, y2 = (int(v) for v in self.boxes[index])
-        return CropBox(x1, y1, x2, y2)
+        return box_at(self.boxes, index)
 
     def landmarks(self, index: int) -> FaceLandmarks | None:
         if not self.has_face(index):
@@ -67,6 +64,14 @@ class FaceTrack:
                 points=data["points"].astype(np.float32),
                 face_ovals=data["face_ovals"].astype(np.float32),
             )
+
+
+def box_at(boxes: np.ndarray, index: int) -> CropBox | None:
+    """Row `index` of an (N, 4) box array as a CropBox, or None where it holds no face (NO_BOX)."""
+    if boxes[index, 0] == NO_BOX:
+        return None
+    x1, y1, x2, y2 = (int(v) for v in boxes[index])
+    return CropBox(x1, y1, x2, y2)
 
 
 def track_face(

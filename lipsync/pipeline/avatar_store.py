@@ -32,7 +32,7 @@ import torch
 
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
-from lipsync.face.track import NO_BOX
+from lipsync.face.track import NO_BOX, box_at
 from lipsync.pipeline.timing import StageTimes
 
 AVATAR_FORMAT = "lipsync-avatar"
@@ -141,10 +141,7 @@ class Avatar:
         return bool(self.boxes[source, 0] != NO_BOX)
 
     def box(self, source: int) -> CropBox | None:
-        if not self.has_face(source):
-            return None
-        x1, y1, x2, y2 = (int(v) for v in self.boxes[source])
-        return CropBox(x1, y1, x2, y2)
+        return box_at(self.boxes, source)
 
     def mask(self, source: int) -> np.ndarray:
         box = self.box(source)

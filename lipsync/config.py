@@ -39,6 +39,7 @@ WHISPER_ENCODER_LAYERS = WHISPER_HIDDEN_LAYERS - 1  # hidden states = embedding 
 WHISPER_SEGMENT_SAMPLES = AUDIO_SAMPLE_RATE * WHISPER_SEGMENT_SECONDS  # 480 000
 WHISPER_SEGMENT_FRAMES = WHISPER_FRAMES_PER_SECOND * WHISPER_SEGMENT_SECONDS  # 1500 encoder frames
 SAMPLES_PER_WHISPER_FRAME = AUDIO_SAMPLE_RATE // WHISPER_FRAMES_PER_SECOND  # 320 samples = 20 ms
+PCM16_FULL_SCALE = 32767  # float 1.0 <-> this int16 value, both ways (so int16 audio round-trips exactly)
 
 # --- Sliding-window audio features (streaming; not in the reference, which encodes whole files) ------
 # Whisper attends across its whole 30 s input, so features depend on future audio. For streaming, the

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipsync.config import AUDIO_SAMPLE_RATE
+from lipsync.config import AUDIO_SAMPLE_RATE, PCM16_FULL_SCALE
 from lipsync.errors import InputError
 from lipsync.io.files import require_file
 
@@ -86,3 +86,15 @@ def _to_float(data: np.ndarray) -> np.ndarray:
         return (data.astype(np.float32) - _UNSIGNED_8BIT_ZERO) / _UNSIGNED_8BIT_ZERO
     full_scale = float(2 ** (8 * data.dtype.itemsize - 1))
     return (data.astype(np.float64) / full_scale).astype(np.float32)
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as int16, rounded and clipped (1.0 -> 32767)."""
+    scaled = np.rint(np.asarray(samples, dtype=np.float32) * PCM16_FULL_SCALE)
+    limits = np.iinfo(np.int16)
+    return np.clip(scaled, limits.min, limits.max).astype(np.int16)
+
+
+def from_pcm16(samples: np.ndarray) -> np.ndarray:
+    """int16 samples as float32 (32767 -> 1.0): the inverse of to_pcm16 on every int16 value."""
+    return np.asarray(samples).astype(np.float32) / np.float32(PCM16_FULL_SCALE)

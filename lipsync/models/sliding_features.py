@@ -120,6 +120,12 @@ class SlidingAudioFeatures(BlockedAudioFeatures):
         self._chunks = [held] if len(held) else []
         self._kept_from = keep_from
 
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Held samples [start, stop) (clipped to what was received); forget_before decides what is held."""
+        if start < self._kept_from:
+            raise RuntimeError(f"audio from sample {start} was forgotten (held from {self._kept_from})")
+        return self._held()[start - self._kept_from : max(start, stop) - self._kept_from]
+
     # --- internals --------------------------------------------------------------------------------
 
     def _last_block(self, frame_index: int) -> int:
@@ -135,12 +141,6 @@ class SlidingAudioFeatures(BlockedAudioFeatures):
     def _block_ready(self, block: int) -> bool:
         return self._finished or self._received >= self._window_end(block) * SAMPLES_PER_WHISPER_FRAME
 
-    def _samples(self, start: int, stop: int) -> np.ndarray:
-        """Held samples [start, stop) (clipped to what was received)."""
-        if start < self._kept_from:
-            raise RuntimeError(f"audio from sample {start} was forgotten (held from {self._kept_from})")
-        return self._held()[start - self._kept_from : max(start, stop) - self._kept_from]
-
     def _held(self) -> np.ndarray:
         if len(self._chunks) > 1:
             self._chunks = [np.concatenate(self._chunks)]
@@ -150,7 +150,7 @@ class SlidingAudioFeatures(BlockedAudioFeatures):
         if not self._block_ready(index):
             raise RuntimeError(f"audio block {index} is not complete yet; ask ready_frames() first")
         first = self._window_start(index)
-        samples = self._samples(
+        samples = self.samples(
             first * SAMPLES_PER_WHISPER_FRAME, self._window_end(index) * SAMPLES_PER_WHISPER_FRAME
         )
         hidden = encode_whisper_segment(self._models, samples)

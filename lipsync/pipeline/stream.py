@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from lipsync.config import AUDIO_SAMPLE_RATE, StreamSettings
+from lipsync.io.audio import to_pcm16
 from lipsync.models.loading import MuseTalkModels
 from lipsync.models.sliding_features import SlidingAudioFeatures
 from lipsync.pipeline.avatar_store import Avatar
 from lipsync.pipeline.render import RenderBatch, compose, generate_mouths
 from lipsync.pipeline.timing import Stage, StageTimes
 
-PCM_FULL_SCALE = 32767
 QUEUE_POLL_SECONDS = 0.1  # how often a blocked stage checks whether the session was closed
 JOIN_SECONDS = 5.0
 
@@ -78,7 +78,7 @@ class _Job:
 
 
 class _Turn:
-    """One speech turn: its features, the raw audio not yet handed out, and how many frames went out."""
+    """One speech turn: its features (which also hold its recent audio) and how many frames went out."""
 
     def __init__(self, models: MuseTalkModels, fps: Fraction, settings: StreamSettings, start: int) -> None:
         self.features = SlidingAudioFeatures(
@@ -87,30 +87,13 @@ class _Turn:
         self.start = start  # session frame number of the turn's first frame
         self.emitted = 0
         self.fps = fps
-        self._pcm: list[np.ndarray] = []
-        self._pcm_from = 0  # turn sample index of the first held sample
-
-    def append(self, samples: np.ndarray) -> None:
-        self._pcm.append(samples)
-        self.features.append(samples)
 
     def frame_audio(self, frame: int) -> np.ndarray:
-        """The int16 samples frame `frame` of the turn shows; earlier audio is released."""
-        lo, hi = self.sample_bounds(frame), self.sample_bounds(frame + 1)
-        held = np.concatenate(self._pcm) if len(self._pcm) != 1 else self._pcm[0]
-        out = held[lo - self._pcm_from : hi - self._pcm_from]
-        self._pcm = [held[hi - self._pcm_from :]]
-        self._pcm_from = hi
-        return to_pcm16(out)
+        """The int16 samples frame `frame` of the turn shows (still held: it is not yet emitted)."""
+        return to_pcm16(self.features.samples(self.sample_bounds(frame), self.sample_bounds(frame + 1)))
 
     def sample_bounds(self, frame: int) -> int:
         return math.floor(Fraction(frame * AUDIO_SAMPLE_RATE) / self.fps)
-
-
-def to_pcm16(samples: np.ndarray) -> np.ndarray:
-    """Float samples in [-1, 1] as int16 (clipped)."""
-    scaled = np.rint(np.asarray(samples, dtype=np.float32) * PCM_FULL_SCALE)
-    return np.clip(scaled, -PCM_FULL_SCALE - 1, PCM_FULL_SCALE).astype(np.int16)
 
 
 class StreamSession:
@@ -258,7 +241,7 @@ class StreamSession:
             if isinstance(command, _Audio):
                 if turn is None:
                     turn = _Turn(self.models, self.fps, self.settings, self._next_index)
-                turn.append(command.samples)
+                turn.features.append(command.samples)
                 self._plan_speech(turn)
             elif command.kind == "end":
                 if turn is not None:

@@ -18,13 +18,10 @@ import numpy as np
 
 from lipsync.config import AUDIO_SAMPLE_RATE
 from lipsync.errors import LipsyncError
+from lipsync.io.audio import from_pcm16, to_pcm16
 
 HEADER_LENGTH = struct.Struct("<I")  # u32 little-endian: bytes of header JSON that follow
 PCM_DTYPE = np.dtype("<i2")  # signed 16-bit little-endian samples
-PCM_LIMITS = np.iinfo(np.int16)
-# float 1.0 <-> 32767, as the stream session converts back (-32768 reads as -1.00003), so the PCM a client
-# sends comes back with its frames byte for byte
-PCM_FULL_SCALE = float(PCM_LIMITS.max)
 FRAME_MESSAGE: Final = "frame"
 END_MESSAGE: Final = "end"
 
@@ -110,15 +107,14 @@ def pcm_to_float(data: bytes) -> np.ndarray:
             f"audio message has {len(data)} bytes, an odd count: PCM s16le samples are 2 bytes each",
             f"send whole 16-bit samples (mono, {AUDIO_SAMPLE_RATE} Hz, little-endian)",
         )
-    return np.frombuffer(data, dtype=PCM_DTYPE).astype(np.float32) / np.float32(PCM_FULL_SCALE)
+    # The stream converts back with the same scale, so the PCM a client sends returns with its frames
+    # byte for byte.
+    return from_pcm16(np.frombuffer(data, dtype=PCM_DTYPE))
 
 
 def float_to_pcm(samples: np.ndarray) -> bytes:
     """float samples in [-1, 1] -> PCM s16le bytes (clipped)."""
-    scaled = np.clip(
-        np.round(np.asarray(samples, dtype=np.float32) * PCM_FULL_SCALE), PCM_LIMITS.min, PCM_LIMITS.max
-    )
-    return scaled.astype(PCM_DTYPE).tobytes()
+    return int16_to_pcm(to_pcm16(samples))
 
 
 def int16_to_pcm(samples: np.ndarray) -> bytes:

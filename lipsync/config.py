@@ -65,6 +65,11 @@ DtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
 AudioFeatureMode = Literal["segment", "sliding"]  # segment: the reference's whole-file 30 s segments
 
 
+def default_extra_margin(version: ModelVersion) -> int:
+    """Px added below the chin when the user gives none: v1.5 was trained with it, v1 without."""
+    return DEFAULT_EXTRA_MARGIN_V15 if version == "v15" else 0
+
+
 @dataclass(frozen=True)
 class FaceSettings:
     """How the face is found, followed and cropped."""

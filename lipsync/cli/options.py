@@ -7,7 +7,13 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from lipsync.config import DEFAULT_EXTRA_MARGIN_V15, DubSettings, FaceSettings, RuntimeSettings
+from lipsync.config import (
+    DEFAULT_EXTRA_MARGIN_V15,
+    DubSettings,
+    FaceSettings,
+    RuntimeSettings,
+    default_extra_margin,
+)
 from lipsync.pipeline.avatar_store import default_avatars_dir
 
 DEFAULT_WEIGHTS = Path(os.environ.get("LIPSYNC_WEIGHTS", "models"))
@@ -72,7 +78,7 @@ def add_speech_options(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> DubSettings:
     extra_margin = getattr(args, "extra_margin", None)
     if extra_margin is None:
-        extra_margin = DEFAULT_EXTRA_MARGIN_V15 if args.model_version == "v15" else 0
+        extra_margin = default_extra_margin(args.model_version)
     return DubSettings(
         version=args.model_version,
         face=FaceSettings(

@@ -7,7 +7,16 @@ import torch
 from lipsync.config import DeviceChoice, DtypeChoice
 from lipsync.errors import LipsyncError
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES: dict[DtypeChoice, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """The --dtype name of a torch dtype (fp32, bf16, fp16), or its torch name for any other."""
+    return next((label for label, known in _DTYPES.items() if known == dtype), str(dtype))
 
 
 def resolve_device(choice: DeviceChoice) -> torch.device:

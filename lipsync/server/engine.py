@@ -15,20 +15,17 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from lipsync.config import (
-    DEFAULT_EXTRA_MARGIN_V15,
-    DtypeChoice,
     DubSettings,
     FaceSettings,
     ModelVersion,
     RuntimeSettings,
     ServerSettings,
     StreamSettings,
+    default_extra_margin,
 )
 from lipsync.errors import LipsyncError
-from lipsync.models.device import resolve_device, resolve_dtype
+from lipsync.models.device import dtype_label, resolve_device, resolve_dtype
 from lipsync.models.loading import MuseTalkModels, load_models
 from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_avatar
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
@@ -36,11 +33,6 @@ from lipsync.pipeline.stream import StreamSession
 from lipsync.server.protocol import encode_jpeg
 
 JobState = Literal["queued", "running", "done", "failed"]
-DTYPE_LABELS: dict[torch.dtype, DtypeChoice] = {
-    torch.float32: "fp32",
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-}
 PREPARE_THREAD_NAME = "lipsync-prepare"
 
 
@@ -149,7 +141,7 @@ class ServerEngine:
         return Health(
             status="ok",
             device=str(self.models.device),
-            dtype=DTYPE_LABELS.get(self.models.dtype, str(self.models.dtype)),
+            dtype=dtype_label(self.models.dtype),
             sessions=self.sessions,
             max_sessions=settings.max_sessions,
             untrained=self.models.untrained,
@@ -216,10 +208,9 @@ class ServerEngine:
 
     def prepare_settings(self, bbox_shift: int) -> DubSettings:
         version = self.models.version
-        margin = DEFAULT_EXTRA_MARGIN_V15 if version == "v15" else 0
         return DubSettings(
             version=version,
-            face=FaceSettings(bbox_shift=bbox_shift, extra_margin=margin),
+            face=FaceSettings(bbox_shift=bbox_shift, extra_margin=default_extra_margin(version)),
             runtime=self.runtime,
         )
 

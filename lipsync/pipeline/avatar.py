@@ -132,12 +132,10 @@ def prepare_avatar(
         except AvatarError as error:
             stale = f"the stored one is unusable ({error.problem})"
         if stale is None:
-            info = next(i for i in store.list() if i.name == name)
-            return PrepareResult(info, False, "up to date", time.perf_counter() - started)
+            return PrepareResult(store.info(name), False, "up to date", time.perf_counter() - started)
         reason = stale
     _build(models, store, name, source, settings, recipe, on_progress, show_bar)
-    info = next(i for i in store.list() if i.name == name)
-    return PrepareResult(info, True, reason, time.perf_counter() - started)
+    return PrepareResult(store.info(name), True, reason, time.perf_counter() - started)
 
 
 def load_fresh_avatar(

@@ -172,14 +172,15 @@ class AvatarStore:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
 
     def list(self) -> list[AvatarInfo]:
-        infos = []
-        for name in self.names():
-            folder = self.root / name
-            try:
-                infos.append(info_from_manifest(read_manifest(folder), _folder_bytes(folder)))
-            except AvatarError as error:
-                infos.append(AvatarInfo.broken(name, error.problem, _folder_bytes(folder)))
-        return infos
+        return [self.info(name) for name in self.names()]
+
+    def info(self, name: str) -> AvatarInfo:
+        """What the manifest says of one avatar; a broken one comes back with `problem` set."""
+        folder = self._existing(name)
+        try:
+            return info_from_manifest(read_manifest(folder), _folder_bytes(folder))
+        except AvatarError as error:
+            return AvatarInfo.broken(name, error.problem, _folder_bytes(folder))
 
     def read_manifest(self, name: str) -> dict[str, Any]:
         return read_manifest(self._existing(name))

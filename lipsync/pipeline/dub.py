@@ -137,7 +137,7 @@ class DubPipeline:
                     f"no face was found in any frame of {source}",
                     "use a video or photo where one face is clearly visible, frontal, at least 100 px wide",
                 )
-            strengths = self._mouth_strengths(audio, info.fps, total)
+            strengths = mouth_strengths(self.settings.silence, audio, info.fps, total)
             features = audio_features(self.models, self.settings.audio_features, audio, info.fps)
             metadata = {"comment": UNTRAINED_LABEL} if self.models.untrained else {}
             with VideoWriter(
@@ -158,9 +158,6 @@ class DubPipeline:
             wall_seconds=time.perf_counter() - started,
             times=times,
         )
-
-    def _mouth_strengths(self, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
-        return mouth_strengths(self.settings.silence, audio, fps, total)
 
     def _generate(
         self,

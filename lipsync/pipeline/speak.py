@@ -36,8 +36,19 @@ class SpeakPipeline:
         self, avatar: Avatar, audio: Audio, times: StageTimes, bar: tqdm | None = None
     ) -> Iterator[np.ndarray]:
         """The output frames, in order, for `audio` spoken by `avatar`."""
-        avatar.to(self.models.device, self.models.dtype)
         sources, strengths = self.plan(avatar, audio)
+        yield from self._render(avatar, audio, sources, strengths, times, bar)
+
+    def _render(
+        self,
+        avatar: Avatar,
+        audio: Audio,
+        sources: np.ndarray,
+        strengths: np.ndarray,
+        times: StageTimes,
+        bar: tqdm | None,
+    ) -> Iterator[np.ndarray]:
+        avatar.to(self.models.device, self.models.dtype)
         features = audio_features(self.models, self.settings.audio_features, audio, avatar.fps)
         pairs = timed(((int(s), avatar.frame(int(s))) for s in sources), times, Stage.DECODE)
         yield from render_frames(
@@ -65,17 +76,17 @@ class SpeakPipeline:
                 f"less than one frame at {float(avatar.fps):.2f} fps",
                 "give a speech track at least one frame long",
             )
+        sources, strengths = self.plan(avatar, audio)
         times = StageTimes(device=self.models.device)
         untrained = self.models.untrained or avatar.info.untrained
         metadata = {"comment": UNTRAINED_LABEL} if untrained else {}
         bar = tqdm(total=total, desc=f"speaking as {avatar.info.name}", unit="frame", disable=not progress)
         size = (avatar.info.width, avatar.info.height)
         with VideoWriter(output, avatar.fps, *size, audio_path=audio_path, metadata=metadata) as writer:
-            for frame in self.frames(avatar, audio, times, bar):
+            for frame in self._render(avatar, audio, sources, strengths, times, bar):
                 with times.measure(Stage.ENCODE):
                     writer.write(frame)
         bar.close()
-        sources, strengths = self.plan(avatar, audio)
         return DubSummary(
             output=output,
             frames=total,

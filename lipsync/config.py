@@ -32,6 +32,10 @@ WHISPER_FRAMES_PER_TRAINING_FRAME = WHISPER_FRAMES_PER_SECOND // TRAINING_FPS
 AUDIO_WINDOW_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * (2 * AUDIO_CONTEXT_VIDEO_FRAMES + 1)
 AUDIO_WINDOW_LEFT_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * AUDIO_CONTEXT_VIDEO_FRAMES  # 4 = 80 ms
 AUDIO_TOKENS = AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS  # 50 cross-attention tokens per frame
+# Adaptive audio modulation (paper §3.3): T video frames of audio per frame, centred on it. The released
+# weights use T = 5 (the window above); T is stored with trained weights so inference uses the same.
+REFERENCE_AUDIO_WINDOW = 2 * AUDIO_CONTEXT_VIDEO_FRAMES + 1  # 5
+AUDIO_WINDOW_CHOICES = (1, 3, 5, 7, 9)  # the paper studies 1, 3, 5, 7
 POSITIONAL_ENCODING_MAX_LEN = 5000
 POSITIONAL_ENCODING_BASE = 10_000  # sinusoidal PE wavelength base
 WHISPER_MEL_BINS = 80  # log-mel bins fed to the whisper encoder
@@ -63,6 +67,21 @@ SilenceMode = Literal["keep", "generate"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
 AudioFeatureMode = Literal["segment", "sliding"]  # segment: the reference's whole-file 30 s segments
+
+
+def audio_window_frames(audio_window: int) -> int:
+    """Whisper frames in the window of T video frames: 2T (10 for the reference's T = 5)."""
+    return WHISPER_FRAMES_PER_TRAINING_FRAME * audio_window
+
+
+def audio_window_left_frames(audio_window: int) -> int:
+    """Whisper frames before the frame's own: T - 1 (4 for T = 5), as many as after it."""
+    return WHISPER_FRAMES_PER_TRAINING_FRAME * (audio_window - 1) // 2
+
+
+def audio_tokens(audio_window: int) -> int:
+    """Cross-attention tokens per frame: whisper frames x hidden layers (50 for T = 5)."""
+    return audio_window_frames(audio_window) * WHISPER_HIDDEN_LAYERS
 
 
 def default_extra_margin(version: ModelVersion) -> int:

@@ -1,4 +1,4 @@
-"""`lipsync` command line: dub, weights, bench, avatar, serve, bench-live."""
+"""`lipsync` command line: dub, weights, bench, avatar, serve, bench-live, data, train."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from lipsync import __version__
-from lipsync.cli import avatar_cmd, loadbench_cmd, serve_cmd
+from lipsync.cli import avatar_cmd, data_cmd, loadbench_cmd, serve_cmd, train_cmd
 from lipsync.cli.options import (
     DEFAULT_WEIGHTS,
     add_face_options,
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     avatar_cmd.register(commands)
     serve_cmd.register(commands)
     loadbench_cmd.register(commands)
+    data_cmd.register(commands)
+    train_cmd.register(commands)
     return parser
 
 
@@ -101,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "avatar": avatar_cmd.run,
         "serve": serve_cmd.run,
         "bench-live": loadbench_cmd.run,
+        "data": data_cmd.run,
+        "train": train_cmd.run,
     }
     try:
         return handlers[args.command](args)

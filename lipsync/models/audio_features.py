@@ -15,7 +15,7 @@ from transformers import WhisperConfig
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
     AUDIO_WINDOW_FRAMES,
-    AUDIO_WINDOW_LEFT_FRAMES,
+    REFERENCE_AUDIO_WINDOW,
     SAMPLES_PER_WHISPER_FRAME,
     WHISPER_ENCODER_LAYERS,
     WHISPER_FRAMES_PER_SECOND,
@@ -24,6 +24,7 @@ from lipsync.config import (
     WHISPER_MEL_BINS,
     WHISPER_SEGMENT_FRAMES,
     WHISPER_SEGMENT_SAMPLES,
+    audio_window_left_frames,
 )
 
 if TYPE_CHECKING:
@@ -56,14 +57,15 @@ def whisper_config(tiny: bool = False) -> dict[str, Any]:
     return config
 
 
-def audio_window_start(frame_index: int, fps: Fraction) -> int:
-    """First whisper frame of video frame i's window: floor(i * 50 / fps) - 4, in exact arithmetic.
+def audio_window_start(frame_index: int, fps: Fraction, audio_window: int = REFERENCE_AUDIO_WINDOW) -> int:
+    """First whisper frame of video frame i's window: floor(i * 50 / fps) - (T - 1), in exact arithmetic.
 
-    The window [start, start + 10) starts 80 ms before the frame's start time and spans 200 ms; at 25 fps
-    it is [2i - 4, 2i + 6), the convention the weights were trained with.
+    For the reference's T = 5 the window [start, start + 10) starts 80 ms before the frame's start time
+    and spans 200 ms; at 25 fps it is [2i - 4, 2i + 6), the convention the weights were trained with.
+    In general it is the 2T whisper frames centred on the frame's own two.
     """
     own_first = math.floor(Fraction(frame_index) * WHISPER_FRAMES_PER_SECOND / Fraction(fps))
-    return own_first - AUDIO_WINDOW_LEFT_FRAMES
+    return own_first - audio_window_left_frames(audio_window)
 
 
 def frame_count_for_audio(duration: Fraction, fps: Fraction) -> int:

@@ -1,0 +1,265 @@
+"""Training configuration: dataclasses with the papers' and the reference's values, loaded from YAML.
+
+Every YAML key maps to a field here; an unknown key, a wrong type or a missing file is an error naming it.
+Defaults are the reference's stage settings (../shared/docs/reference-musetalk.md §3.6) unless noted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from lipsync.config import AUDIO_WINDOW_CHOICES, FACE_SIZE, REFERENCE_AUDIO_WINDOW
+from lipsync.errors import LipsyncError
+
+SamplingMethod = Literal["random", "pose_aligned", "mouth_dissimilar", "sis"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+UNetSize = Literal["tiny", "full"]
+SyncNetKind = Literal["wav2lip", "stable"]
+
+
+
+class ConfigError(LipsyncError):
+    """A training config that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Path = Path("data/prepared")  # a `lipsync data prepare` output folder
+    val_clips: tuple[str, ...] = ()  # clip ids held out for validation ...
+    val_speakers: tuple[str, ...] = ()  # ... and/or every clip of these speakers
+    val_fraction: float = 0.0  # ... and/or this fraction of clips, chosen by a hash of the clip id
+    min_face_size: int = 150  # px in the source video; smaller faces are skipped (stage 2: 200)
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the reference frame of each target frame is chosen (reference §3.3, paper §3.2)."""
+
+    method: SamplingMethod = "sis"
+    top_k_ratio: float = 0.51  # reference value; the paper says 0.4
+    min_distance: int = 5  # frames: a reference never closer than this to its target
+    fallback_radius: int = 5  # x clip_frames: uniform fallback window around the target
+
+
+@dataclass(frozen=True)
+class MarginConfig:
+    """Stage 2's dynamic bottom margin: random extra rows under the chin (in 256-crop pixels)."""
+
+    enabled: bool = False
+    mean: float = 10.0
+    std: float = 10.0
+    max: float = 20.0
+
+
+@dataclass(frozen=True)
+class PerceptualConfig:
+    """Multi-scale VGG19 perceptual loss (reference §3.5)."""
+
+    vgg19_weights: Path | None = None  # torchvision's vgg19-dcbb9e9d.pth; None = untrained (tests only)
+    width_divisor: int = 1  # >1 narrows every VGG layer: tiny test configs only
+    input_size: int = 224
+    scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """pix2pix-style spectral-norm patch discriminator (reference §3.5)."""
+
+    block_expansion: int = 32
+    num_blocks: int = 4
+    max_features: int = 512
+    lr: float = 5e-6
+    eta_min: float = 1e-6  # cosine-annealed down to this
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1: float = 1.0
+    perceptual: float = 0.01
+    gan: float = 0.0  # stage 2: 0.01
+    mouth_gan: float = 0.0  # stage 2: 0.01
+    feature_matching: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # used whenever a GAN weight is > 0
+    sync: float = 0.0  # stage 2: 0.05 (reference); the paper's phi = 0.03
+    gan_start_step: int = 1000  # GAN terms are off before this optimiser step
+    mouth_padding: int = 10  # px each side of the lip landmarks for the mouth discriminator's box
+    perceptual_net: PerceptualConfig = PerceptualConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    syncnet: Path | None = None  # frozen SyncNet checkpoint for the sync loss (needed when sync > 0)
+    syncnet_kind: SyncNetKind = "stable"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class UNetTrainConfig:
+    """`lipsync train unet --config FILE`."""
+
+    stage: Literal[1, 2] = 1
+    output_dir: Path = Path("runs/unet-stage1")
+    weights: Path = Path("models")  # VAE + whisper (frozen), in the inference weights layout
+    init_unet: Path | None = None  # a unet.pth / pytorch_model.bin to start from; None = random init
+    unet_size: UNetSize = "full"  # architecture when starting from random init
+    audio_window: int = REFERENCE_AUDIO_WINDOW  # T, video frames of audio per frame (AAM)
+    clip_frames: int = 1  # consecutive target frames per sample (stage 2: 16)
+    batch_size: int = 32  # samples per device per micro-batch (stage 2: 2)
+    grad_accum: int = 1  # stage 2: 8
+    max_steps: int = 250_000  # optimiser steps
+    mixed_precision: MixedPrecision = "no"
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 10_000  # optimiser steps (stage 2: 2000)
+    keep_checkpoints: int = 10
+    validate_every: int = 2000
+    validation_samples: int = 4
+    log_every: int = 10
+    seed: int = 41
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    margin: MarginConfig = MarginConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+@dataclass(frozen=True)
+class SyncNetTrainConfig:
+    """`lipsync train syncnet --config FILE`."""
+
+    output_dir: Path = Path("runs/syncnet")
+    kind: SyncNetKind = "wav2lip"
+    init: Path | None = None  # a checkpoint to start from (e.g. LatentSync's latentsync_syncnet.pt)
+    width_divisor: int = 1  # >1 narrows every layer: tiny test configs only
+    frames: int = 5  # face frames per sample (wav2lip 5, stable 16)
+    image_size: int = 96  # the face crop is resized to this before taking its lower half (stable: 256)
+    single_identity_batches: bool = True  # MuseTalk: positives and negatives of one speaker per batch
+    batch_size: int = 64
+    max_steps: int = 100_000
+    lr: float = 1e-4
+    negative_min_offset: int = 5  # frames: a negative's audio is at least this far from the video
+    eval_every: int = 500
+    eval_pairs: int = 256
+    checkpoint_every: int = 5000
+    log_every: int = 10
+    max_seconds: float | None = None  # stop after this wall time (for short runs)
+    seed: int = 41
+    mixed_precision: MixedPrecision = "no"
+    data: DataConfig = DataConfig(min_face_size=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML -> dataclass
+
+T = TypeVar("T")
+
+
+def load_config(path: Path, cls: type[T]) -> T:
+    """Read a YAML file into `cls`; relative paths in it are relative to the YAML file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "give the path of a YAML training config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", "fix the file's syntax") from exc
+    return from_dict(cls, data, where=str(path), base=path.parent)
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config", base: Path | None = None) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}", "see configs/ examples")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}",
+            f"valid keys of {cls.__name__}: {', '.join(sorted(names))}",
+        )
+    values = {key: _convert(hints[key], value, f"{where}.{key}", base) for key, value in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config (paths as strings, tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    result: dict[str, Any] = plain(config)
+    return result
+
+
+def _convert(hint: Any, value: Any, where: str, base: Path | None) -> Any:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _convert(inner[0], value, where, base)
+    if origin is Literal:
+        if value not in get_args(hint):
+            choices = ", ".join(repr(c) for c in get_args(hint))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}", f"use one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}", "write it as a YAML list")
+        args = get_args(hint)
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(item, v, f"{where}[{i}]", base) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}", "fix the list")
+        return tuple(_convert(a, v, f"{where}[{i}]", base) for i, (a, v) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where, base)  # type: ignore[arg-type]
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path, got {value!r}", "write the path as a string")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or base is None else base / path
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}", f"give a {hint.__name__}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}", "report this as a bug")
+
+
+def validate_unet_config(config: UNetTrainConfig) -> None:
+    """Checks that need no files: values the trainer would otherwise fail on much later."""
+    if config.audio_window not in AUDIO_WINDOW_CHOICES:
+        raise ConfigError(
+            f"audio_window is {config.audio_window}",
+            f"use one of {AUDIO_WINDOW_CHOICES} (video frames of audio per frame; released weights use 5)",
+        )
+    if config.loss.sync > 0 and config.loss.syncnet is None:
+        raise ConfigError("loss.sync > 0 needs loss.syncnet", "give a SyncNet checkpoint or set loss.sync: 0")
+    if config.margin.max > FACE_SIZE * 0.125:
+        raise ConfigError(f"margin.max {config.margin.max} is beyond the stored context", "use at most 32")
+    if not 0 < config.sampling.top_k_ratio <= 1:
+        raise ConfigError("sampling.top_k_ratio must be in (0, 1]", "the reference uses 0.51, the paper 0.4")
+

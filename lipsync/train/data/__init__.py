@@ -1,0 +1,1 @@
+"""Training data: `lipsync data prepare` and the on-disk format it writes."""

@@ -14,7 +14,6 @@ from transformers import WhisperConfig
 
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
-    AUDIO_WINDOW_FRAMES,
     REFERENCE_AUDIO_WINDOW,
     SAMPLES_PER_WHISPER_FRAME,
     WHISPER_ENCODER_LAYERS,
@@ -24,6 +23,7 @@ from lipsync.config import (
     WHISPER_MEL_BINS,
     WHISPER_SEGMENT_FRAMES,
     WHISPER_SEGMENT_SAMPLES,
+    audio_window_frames,
     audio_window_left_frames,
 )
 
@@ -103,12 +103,16 @@ class BlockedAudioFeatures(ABC):
         return tuple(sorted(self._blocks))
 
     def windows(self, frame_indices: Sequence[int]) -> torch.Tensor:
-        """(B, 50, 384) tokens (time-major, layer-minor), without PE, on models.device in models.dtype."""
+        """(B, 10T, 384) tokens (time-major, layer-minor), without PE, on models.device in models.dtype.
+
+        T is the models' audio window (5 for the released weights: 50 tokens)."""
         valid = self.valid_frames
+        window = self._models.audio_window
+        width = audio_window_frames(window)
         spans = []
         for index in frame_indices:
-            start = audio_window_start(index, self._fps)
-            end = start + AUDIO_WINDOW_FRAMES
+            start = audio_window_start(index, self._fps, window)
+            end = start + width
             spans.append((start, max(start, 0), end if valid is None else min(end, valid)))
         needed: set[int] = set()
         for _, lo, hi in spans:
@@ -121,7 +125,7 @@ class BlockedAudioFeatures(ABC):
 
         out = torch.zeros(
             len(spans),
-            AUDIO_WINDOW_FRAMES,
+            width,
             WHISPER_HIDDEN_LAYERS,
             WHISPER_HIDDEN_SIZE,
             device=self._models.device,
@@ -134,7 +138,7 @@ class BlockedAudioFeatures(ABC):
                 count = min(hi - frame, self.block_frames - offset)
                 out[row, frame - start : frame - start + count] = self._blocks[k][offset : offset + count]
                 frame += count
-        return out.reshape(len(spans), AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS, WHISPER_HIDDEN_SIZE)
+        return out.reshape(len(spans), width * WHISPER_HIDDEN_LAYERS, WHISPER_HIDDEN_SIZE)
 
     def _new_block(self, index: int) -> torch.Tensor:
         self.blocks_computed += 1

@@ -15,11 +15,11 @@ from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from lipsync.config import ModelVersion
+from lipsync.config import AUDIO_WINDOW_CHOICES, REFERENCE_AUDIO_WINDOW, ModelVersion
 from lipsync.errors import WeightsError
 from lipsync.models.device import image_memory_format
 from lipsync.models.vae import convert_legacy_vae_keys
-from lipsync.models.weights import VERSION_LABELS, WeightsLayout, check_weights
+from lipsync.models.weights import TRAINING_INFO_FILE, VERSION_LABELS, WeightsLayout, check_weights
 
 MAX_LISTED_KEYS = 10
 # Keys of a WhisperForConditionalGeneration (or WhisperModel) checkpoint: the encoder's, and the rest we skip.
@@ -38,6 +38,34 @@ class MuseTalkModels:
     version: ModelVersion
     untrained: bool
     vae_weights: Path | None = None  # the file the VAE came from (prepared avatars depend on it)
+    audio_window: int = REFERENCE_AUDIO_WINDOW  # T video frames of audio per frame (from training_info)
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """What `lipsync train unet` records next to an exported UNet (absent for the released weights)."""
+
+    audio_window: int = REFERENCE_AUDIO_WINDOW
+    stage: int | None = None
+    steps: int | None = None
+    trained_by: str | None = None
+
+
+def read_training_info(unet_dir: Path) -> TrainingInfo:
+    """The exported UNet's training info, or the released weights' defaults when there is none."""
+    path = Path(unet_dir) / TRAINING_INFO_FILE
+    if not path.is_file():
+        return TrainingInfo()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        info = TrainingInfo(**{k: v for k, v in data.items() if k in TrainingInfo.__dataclass_fields__})
+    except (OSError, ValueError, TypeError) as exc:
+        raise WeightsError(f"cannot read {path}: {exc}", "export the UNet again (`lipsync train`)") from exc
+    if info.audio_window not in AUDIO_WINDOW_CHOICES:
+        raise WeightsError(
+            f"{path} gives audio_window {info.audio_window}", f"it must be one of {AUDIO_WINDOW_CHOICES}"
+        )
+    return info
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -132,21 +160,51 @@ def load_models(
         )
     layout = WeightsLayout(root, version)
     audio_dtype = torch.float32 if device.type == "cpu" else dtype
+    unet = load_unet(layout.unet_config, layout.unet_weights, dtype)
+    _prepare(cast(nn.Module, unet), device, image_model=True)
+    encoder, feature_extractor = load_whisper(layout, device, audio_dtype)
+    info = read_training_info(layout.unet_dir)
+    return MuseTalkModels(
+        load_vae(layout, device, dtype),
+        unet,
+        encoder,
+        feature_extractor,
+        device,
+        dtype,
+        version,
+        report.untrained,
+        layout.vae_weights,
+        info.audio_window,
+    )
 
+
+def load_unet(config: Path, weights: Path, dtype: torch.dtype) -> UNet2DConditionModel:
+    """The UNet of musetalk.json with every tensor of the weights file, on the CPU (left trainable)."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(_read_json(layout.unet_config))
+        unet = UNet2DConditionModel.from_config(_read_json(config))
+    load_strict(unet, read_state_dict(weights), weights, dtype)
+    return unet
+
+
+def load_vae(layout: WeightsLayout, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    """The frozen sd-vae-ft-mse of the layout, ready to run."""
+    with torch.device("meta"):
         vae = AutoencoderKL.from_config(_read_json(layout.vae_config))
-        encoder = WhisperEncoder(WhisperConfig.from_dict(_read_json(layout.whisper_config)))
-    load_strict(unet, read_state_dict(layout.unet_weights), layout.unet_weights, dtype)
     load_strict(vae, convert_legacy_vae_keys(read_state_dict(layout.vae_weights)), layout.vae_weights, dtype)
-    whisper_state = _whisper_encoder_state(read_state_dict(layout.whisper_weights), layout.whisper_weights)
-    load_strict(encoder, whisper_state, layout.whisper_weights, audio_dtype)
-    _prepare(unet, device, image_model=True)
     _prepare(vae, device, image_model=True)
+    return vae
+
+
+def load_whisper(
+    layout: WeightsLayout, device: torch.device, dtype: torch.dtype
+) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
+    """The frozen whisper-tiny encoder of the layout and its log-mel feature extractor."""
+    with torch.device("meta"):
+        encoder = WhisperEncoder(WhisperConfig.from_dict(_read_json(layout.whisper_config)))
+    whisper_state = _whisper_encoder_state(read_state_dict(layout.whisper_weights), layout.whisper_weights)
+    load_strict(encoder, whisper_state, layout.whisper_weights, dtype)
     _prepare(encoder, device, image_model=False)
     feature_extractor = cast(
         WhisperFeatureExtractor, WhisperFeatureExtractor.from_json_file(str(layout.whisper_preprocessor))
     )
-    return MuseTalkModels(
-        vae, unet, encoder, feature_extractor, device, dtype, version, report.untrained, layout.vae_weights
-    )
+    return encoder, feature_extractor

@@ -16,11 +16,11 @@ import torch
 
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
-    AUDIO_WINDOW_FRAMES,
     SAMPLES_PER_WHISPER_FRAME,
     SLIDING_BLOCK_FRAMES,
     SLIDING_LOOKAHEAD_FRAMES,
     WHISPER_SEGMENT_FRAMES,
+    audio_window_frames,
 )
 from lipsync.models.audio_features import (
     BlockedAudioFeatures,
@@ -112,7 +112,7 @@ class SlidingAudioFeatures(BlockedAudioFeatures):
 
     def forget_before(self, frame_index: int) -> None:
         """Drop audio that no frame from `frame_index` on needs (streams call this as frames go out)."""
-        first_block = max(0, audio_window_start(frame_index, self._fps)) // self.block_frames
+        first_block = max(0, self._window_first(frame_index)) // self.block_frames
         keep_from = self._window_start(first_block) * SAMPLES_PER_WHISPER_FRAME
         if keep_from <= self._kept_from:
             return
@@ -129,8 +129,12 @@ class SlidingAudioFeatures(BlockedAudioFeatures):
     # --- internals --------------------------------------------------------------------------------
 
     def _last_block(self, frame_index: int) -> int:
-        last_whisper_frame = audio_window_start(frame_index, self._fps) + AUDIO_WINDOW_FRAMES - 1
+        width = audio_window_frames(self._models.audio_window)
+        last_whisper_frame = self._window_first(frame_index) + width - 1
         return max(0, last_whisper_frame) // self.block_frames
+
+    def _window_first(self, frame_index: int) -> int:
+        return audio_window_start(frame_index, self._fps, self._models.audio_window)
 
     def _window_end(self, block: int) -> int:
         return (block + 1) * self.block_frames + self.lookahead_frames

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lipsync.config import (
-    AUDIO_TOKENS,
     LATENT_CHANNELS,
     LATENT_SIZE,
     POSITIONAL_ENCODING_BASE,
+    REFERENCE_AUDIO_WINDOW,
     UNET_IN_CHANNELS,
     UNET_TIMESTEP,
     WHISPER_HIDDEN_SIZE,
 )
+from lipsync.config import audio_tokens as audio_tokens_for
 from lipsync.models.device import image_memory_format
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ def unet_config(tiny: bool = False) -> dict[str, Any]:
     }
 
 
-def positional_encoding(length: int = AUDIO_TOKENS, d_model: int = WHISPER_HIDDEN_SIZE) -> torch.Tensor:
+def positional_encoding(
+    length: int = audio_tokens_for(REFERENCE_AUDIO_WINDOW), d_model: int = WHISPER_HIDDEN_SIZE
+) -> torch.Tensor:
     """(length, d_model) sinusoidal encoding: sin on even dims, cos on odd dims (float32)."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
     inv_wavelength = torch.exp(
@@ -64,27 +67,41 @@ def positional_encoding(length: int = AUDIO_TOKENS, d_model: int = WHISPER_HIDDE
     return pe
 
 
-@lru_cache(maxsize=4)
-def _audio_pe(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _audio_pe(length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # The reference casts the PE table to the model dtype before adding it.
-    return positional_encoding().to(device, dtype)
+    return positional_encoding(length).to(device, dtype)
+
+
+def audio_context(audio_tokens: torch.Tensor) -> torch.Tensor:
+    """(B, L, 384) whisper tokens -> the UNet's cross-attention context: tokens + sinusoidal PE.
+
+    Training and inference both call this (the reference adds the PE only at inference)."""
+    return audio_tokens + _audio_pe(audio_tokens.shape[1], audio_tokens.device, audio_tokens.dtype)
+
+
+def run_unet(unet: Any, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """One UNet pass at the fixed timestep: (B, 8, 32, 32) latents + context -> (B, 4, 32, 32)."""
+    timestep = torch.tensor([UNET_TIMESTEP], device=latents.device)
+    out: torch.Tensor = unet(latents, timestep, encoder_hidden_states=context).sample
+    return out
 
 
 def predict_latents(
     models: MuseTalkModels, latents: torch.Tensor, audio_tokens: torch.Tensor
 ) -> torch.Tensor:
-    """latents (B, 8, 32, 32), audio tokens (B, 50, 384) without PE -> predicted latents (B, 4, 32, 32)."""
+    """latents (B, 8, 32, 32), audio tokens (B, 10T, 384) without PE -> predicted latents (B, 4, 32, 32).
+
+    T is the models' audio window (5 for the released weights: 50 tokens)."""
     batch = latents.shape[0]
     if latents.shape != (batch, UNET_IN_CHANNELS, LATENT_SIZE, LATENT_SIZE):
         raise ValueError(f"expected (B, 8, {LATENT_SIZE}, {LATENT_SIZE}) latents, got {tuple(latents.shape)}")
-    if audio_tokens.shape != (batch, AUDIO_TOKENS, WHISPER_HIDDEN_SIZE):
-        raise ValueError(f"expected ({batch}, 50, 384) audio tokens, got {tuple(audio_tokens.shape)}")
+    tokens = audio_tokens_for(models.audio_window)
+    if audio_tokens.shape != (batch, tokens, WHISPER_HIDDEN_SIZE):
+        raise ValueError(f"expected ({batch}, {tokens}, 384) audio tokens, got {tuple(audio_tokens.shape)}")
     latents = latents.to(models.device, models.dtype).contiguous(
         memory_format=image_memory_format(models.device)
     )
-    context = audio_tokens.to(models.device, models.dtype) + _audio_pe(models.device, models.dtype)
-    timestep = torch.tensor([UNET_TIMESTEP], device=models.device)
     with torch.inference_mode():
-        unet: Any = models.unet  # diffusers' ModelMixin is untyped as a callable
-        out: torch.Tensor = unet(latents, timestep, encoder_hidden_states=context).sample
-    return out
+        context = audio_context(audio_tokens.to(models.device, models.dtype))
+        return run_unet(models.unet, latents, context)

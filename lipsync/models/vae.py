@@ -91,6 +91,33 @@ def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
     return torch.cat([run(chunk) for chunk in inputs.split(max(size, 1))])
 
 
+def masked_copy(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 256, 256) images in [-1, 1] with the mouth half (rows 128-255) black (-1), as MuseTalk masks."""
+    masked = images.clone()
+    masked[:, :, MASKED_FROM_ROW:, :] = -1.0
+    return masked
+
+
+def encode_images(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 256, 256) images in [-1, 1] -> (B, 4, 32, 32) scaled latents: the distribution's mode
+    times 0.18215. Training and inference both call this, so latents are encoded the same way."""
+    latents: torch.Tensor = vae.encode(images).latent_dist.mode()
+    return latents * VAE_SCALING_FACTOR
+
+
+def decode_images(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 4, 32, 32) scaled latents -> (B, 3, 256, 256) images, nominally in [-1, 1] (not clamped)."""
+    images: torch.Tensor = vae.decode(latents / VAE_SCALING_FACTOR).sample
+    return images
+
+
+def faces_to_images(faces: np.ndarray) -> torch.Tensor:
+    """(B, 256, 256, 3) uint8 RGB -> (B, 3, 256, 256) float32 in [-1, 1], with the reference's arithmetic:
+    /255 in float64, to float32, then Normalize(0.5, 0.5)."""
+    pixels = (torch.from_numpy(np.asarray(faces)).to(torch.float64) / PIXEL_MAX).to(torch.float32)
+    return (pixels.permute(0, 3, 1, 2) - 0.5) / 0.5
+
+
 def encode_faces(models: MuseTalkModels, faces: np.ndarray) -> torch.Tensor:
     """(B, 256, 256, 3) uint8 RGB crops -> (B, 8, 32, 32): [masked-face latent, reference latent]."""
     if (
@@ -102,20 +129,15 @@ def encode_faces(models: MuseTalkModels, faces: np.ndarray) -> torch.Tensor:
             f"expected (B, {FACE_SIZE}, {FACE_SIZE}, 3) uint8 faces, got {faces.shape} {faces.dtype}"
         )
     batch = faces.shape[0]
-    # Same arithmetic as the reference: /255 in float64, to float32, then Normalize(0.5, 0.5).
-    pixels = (torch.from_numpy(faces).to(torch.float64) / PIXEL_MAX).to(torch.float32).permute(0, 3, 1, 2)
-    masked = pixels.clone()
-    masked[:, :, MASKED_FROM_ROW:, :] = 0.0
-    images = (torch.cat([masked, pixels]) - 0.5) / 0.5
+    pixels = faces_to_images(faces)
+    images = torch.cat([masked_copy(pixels), pixels])
     images = images.to(models.device, models.dtype).contiguous(
         memory_format=image_memory_format(models.device)
     )
-    vae: Any = models.vae  # encode/decode are wrapped by an untyped diffusers decorator
     with torch.inference_mode():
         latents = _in_chunks(
-            lambda chunk: vae.encode(chunk).latent_dist.mode(), images, _micro_batch(models, len(images))
+            lambda chunk: encode_images(models.vae, chunk), images, _micro_batch(models, len(images))
         )
-        latents = latents * VAE_SCALING_FACTOR
     out = torch.cat([latents[:batch], latents[batch:]], dim=1)
     assert out.shape == (batch, UNET_IN_CHANNELS, LATENT_SIZE, LATENT_SIZE)
     return out
@@ -128,12 +150,9 @@ def decode_latents(models: MuseTalkModels, latents: torch.Tensor) -> np.ndarray:
     latents = latents.to(models.device, models.dtype).contiguous(
         memory_format=image_memory_format(models.device)
     )
-    vae: Any = models.vae
     with torch.inference_mode():
         images = _in_chunks(
-            lambda chunk: vae.decode(chunk).sample,
-            latents / VAE_SCALING_FACTOR,
-            _micro_batch(models, len(latents)),
+            lambda chunk: decode_images(models.vae, chunk), latents, _micro_batch(models, len(latents))
         )
         images = (images / 2 + 0.5).clamp(0, 1)
     pixels = (images.permute(0, 2, 3, 1).float().cpu().numpy() * PIXEL_MAX).round()

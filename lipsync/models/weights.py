@@ -29,6 +29,7 @@ from lipsync.config import (
 from lipsync.errors import WeightsError
 
 UNTRAINED_MARKER = "UNTRAINED.json"
+TRAINING_INFO_FILE = "lipsync-training.json"  # next to a UNet exported by `lipsync train unet`
 CONFIG_FILE = "config.json"
 UNET_CONFIG_FILE = "musetalk.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"

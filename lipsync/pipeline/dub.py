@@ -21,13 +21,13 @@ from tqdm import tqdm
 
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
-    AUDIO_TOKENS,
     FACE_SIZE,
     WHISPER_HIDDEN_SIZE,
     AudioFeatureMode,
     DubSettings,
     FaceSettings,
     SilenceMode,
+    audio_tokens,
 )
 from lipsync.errors import InputError, NoFaceError
 from lipsync.face.crop import CropBox, crop_face
@@ -100,7 +100,9 @@ class DubPipeline:
         size = self.settings.runtime.batch_size
         crops = np.zeros((size, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
         tokens = torch.zeros(
-            (size, AUDIO_TOKENS, WHISPER_HIDDEN_SIZE), device=self.models.device, dtype=self.models.dtype
+            (size, audio_tokens(self.models.audio_window), WHISPER_HIDDEN_SIZE),
+            device=self.models.device,
+            dtype=self.models.dtype,
         )
         decode_latents(self.models, predict_latents(self.models, encode_faces(self.models, crops), tokens))
 

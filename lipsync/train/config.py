@@ -24,7 +24,6 @@ UNetSize = Literal["tiny", "full"]
 SyncNetKind = Literal["wav2lip", "stable"]
 
 
-
 class ConfigError(LipsyncError):
     """A training config that cannot be used."""
 
@@ -232,7 +231,8 @@ def _convert(hint: Any, value: Any, where: str, base: Path | None) -> Any:
             return tuple(_convert(item, v, f"{where}[{i}]", base) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}", "fix the list")
-        return tuple(_convert(a, v, f"{where}[{i}]", base) for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_convert(a, v, f"{where}[{i}]", base) for i, (a, v) in pairs)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, base)  # type: ignore[arg-type]
     if hint is Path:
@@ -262,4 +262,3 @@ def validate_unet_config(config: UNetTrainConfig) -> None:
         raise ConfigError(f"margin.max {config.margin.max} is beyond the stored context", "use at most 32")
     if not 0 < config.sampling.top_k_ratio <= 1:
         raise ConfigError("sampling.top_k_ratio must be in (0, 1]", "the reference uses 0.51, the paper 0.4")
-

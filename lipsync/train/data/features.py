@@ -1,0 +1,87 @@
+"""Whisper features of prepared clips (whisper.npy), computed once per clip and per whisper weight file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lipsync.config import SAMPLES_PER_WHISPER_FRAME, WHISPER_SEGMENT_SAMPLES, ModelVersion
+from lipsync.errors import WeightsError
+from lipsync.models.audio_features import encode_whisper_segment
+from lipsync.models.loading import MuseTalkModels
+from lipsync.models.weights import WeightsLayout
+from lipsync.train.data.format import (
+    CLIP_FILE,
+    TMP_PREFIX,
+    WHISPER_FILE,
+    ClipMeta,
+    list_clips,
+    read_json,
+    write_clip_meta,
+)
+
+HASH_CHUNK_BYTES = 1 << 20
+AUDIO_FILE = "audio.npy"
+# The whisper folder does not depend on the MuseTalk version; any version's layout finds it.
+WHISPER_LAYOUT_VERSION: ModelVersion = "v15"
+
+
+def whisper_weights_id(weights_dir: Path) -> str:
+    """sha256 (hex) of the whisper weight file in a MuseTalk weights folder: which whisper made features."""
+    path = WeightsLayout(Path(weights_dir), WHISPER_LAYOUT_VERSION).whisper_weights
+    if not path.is_file():
+        raise WeightsError(
+            f"no whisper weights at {path}", "give a weights folder with whisper/ (lipsync weights check DIR)"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def whisper_features(models: MuseTalkModels, audio: np.ndarray) -> np.ndarray:
+    """(len // 320, 5, 384) float32 hidden states: 30 s segments encoded one by one and concatenated."""
+    samples = np.ascontiguousarray(audio, dtype=np.float32)
+    valid = len(samples) // SAMPLES_PER_WHISPER_FRAME
+    pieces = [
+        encode_whisper_segment(models, samples[start : start + WHISPER_SEGMENT_SAMPLES]).to(torch.float32)
+        for start in range(0, max(len(samples), 1), WHISPER_SEGMENT_SAMPLES)
+    ]
+    return torch.cat(pieces)[:valid].cpu().numpy()
+
+
+def _clip_meta(folder: Path) -> ClipMeta:
+    return ClipMeta(**read_json(folder / CLIP_FILE))
+
+
+def _needs_whisper(folder: Path, weights_id: str) -> bool:
+    return not (folder / WHISPER_FILE).is_file() or _clip_meta(folder).whisper_weights != weights_id
+
+
+def ensure_whisper_features(
+    root: Path, models: MuseTalkModels, weights_id: str, progress: bool = True
+) -> int:
+    """Compute whisper.npy for every clip lacking it or made with other weights; returns how many."""
+    stale = [folder for folder in list_clips(Path(root)) if _needs_whisper(folder, weights_id)]
+    computed = 0
+    for folder in tqdm(stale, desc="whisper features", unit="clip", disable=not progress):
+        meta = _clip_meta(folder)
+        audio = np.load(folder / AUDIO_FILE, mmap_mode="r", allow_pickle=False)
+        features = whisper_features(models, np.asarray(audio))
+        tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{WHISPER_FILE}"
+        try:
+            np.save(tmp, features)
+            os.replace(tmp, folder / WHISPER_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_clip_meta(folder, replace(meta, whisper_weights=weights_id))
+        computed += 1
+    return computed

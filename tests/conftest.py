@@ -60,3 +60,20 @@ def write_clip(source: Path, out: Path, frames: int) -> Path:
         for frame in reader.frames(0, frames):
             writer.write(frame)
     return out
+
+
+PREPARED_CLIP_SECONDS = 2.6  # talk_b and talk_c (5 s each) give two clips of 62-63 frames each
+
+
+@pytest.fixture(scope="session")
+def prepared_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training dataset (`lipsync data prepare`) of talk_b and talk_c, two speakers, two clips each."""
+    from lipsync.train.data.format import DatasetSettings
+    from lipsync.train.data.prepare import prepare_dataset
+
+    src = tmp_path_factory.mktemp("prepared-src")
+    for name in ("talk_b.mp4", "talk_c.mp4"):
+        (src / name).symlink_to(media(name))
+    out = tmp_path_factory.mktemp("prepared") / "dataset"
+    prepare_dataset(src, out, DatasetSettings(clip_seconds=PREPARED_CLIP_SECONDS), jobs=1, progress=False)
+    return out

@@ -1,14 +1,67 @@
-"""`lipsync train unet|syncnet --config FILE`: train the generator or the SyncNet expert."""
+"""`lipsync train unet|syncnet --config FILE`: train the generator or the SyncNet expert.
+
+Both run on HuggingFace accelerate: plain `lipsync train ...` uses one device (a GPU when there is one);
+`accelerate launch -m lipsync.cli.main train ...` runs the same command on several GPUs or machines.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train the UNet generator or a SyncNet")
-    train.add_subparsers(dest="train_command", required=True)
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    unet = train_commands.add_parser(
+        "unet", help="train the generator (stage 1: L1 + perceptual; stage 2: + GANs + sync loss)"
+    )
+    syncnet = train_commands.add_parser("syncnet", help="train a SyncNet expert for the sync loss")
+    for command in (unet, syncnet):
+        command.add_argument("--config", type=Path, required=True, help="YAML config (see configs/train/)")
+        command.add_argument("--output-dir", type=Path, help="override the config's output_dir")
+        command.add_argument("--max-steps", type=int, help="override the config's max_steps")
+        command.add_argument("--data", type=Path, help="override the config's data.root")
+        command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    unet.add_argument("--weights", type=Path, help="override the config's weights (frozen VAE + whisper)")
+
+
+def _override(config: T, args: argparse.Namespace) -> T:
+    changes: dict[str, Any] = {}
+    if args.output_dir is not None:
+        changes["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        changes["max_steps"] = args.max_steps
+    if args.data is not None:
+        changes["data"] = dataclasses.replace(config.data, root=args.data)  # type: ignore[attr-defined]
+    if getattr(args, "weights", None) is not None:
+        changes["weights"] = args.weights
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from lipsync.train.config import SyncNetTrainConfig, UNetTrainConfig, load_config
+
+    if args.train_command == "unet":
+        from lipsync.train.unet_trainer import train_unet
+
+        config = _override(load_config(args.config, UNetTrainConfig), args)
+        result = train_unet(config, progress=not args.quiet)
+        speed = f"{result.samples_per_second:.2f} samples/s"
+        print(f"trained {result.steps} steps in {result.seconds:.0f} s ({speed})")
+        for step, l1 in result.validation_l1:
+            print(f"  validation L1 at step {step}: {l1:.4f}")
+        if result.export_dir is not None:
+            print(f"exported to {result.export_dir} (use: lipsync dub ... --weights {result.export_dir})")
+        return 0
+
+    from lipsync.train.syncnet_trainer import train_syncnet
+
+    sync_config = _override(load_config(args.config, SyncNetTrainConfig), args)
+    sync_result = train_syncnet(sync_config, progress=not args.quiet)
+    print(sync_result.format() if hasattr(sync_result, "format") else sync_result)
+    return 0

@@ -175,21 +175,39 @@ def load_config(path: Path, cls: type[T]) -> T:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}", "fix the file's syntax") from exc
-    return from_dict(cls, data, where=str(path), base=path.parent)
+    return from_dict(cls, data, _Where(str(path)), base=path.parent)
 
 
-def from_dict(cls: type[T], data: Any, where: str = "config", base: Path | None = None) -> T:
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits, for error messages: the file and the dotted key."""
+
+    source: str = "config"
+    key: str = ""
+
+    def child(self, name: str | int) -> _Where:
+        if isinstance(name, int):
+            return _Where(self.source, f"{self.key}[{name}]")
+        return _Where(self.source, f"{self.key}.{name}" if self.key else name)
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key or '(top level)'}"
+
+
+def from_dict(cls: type[T], data: Any, where: _Where | None = None, base: Path | None = None) -> T:
+    where = where or _Where()
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}", "see configs/ examples")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
+        keys = ", ".join(where.child(k).key for k in unknown)
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}",
+            f"{where.source}: unknown key(s) {keys}",
             f"valid keys of {cls.__name__}: {', '.join(sorted(names))}",
         )
-    values = {key: _convert(hints[key], value, f"{where}.{key}", base) for key, value in data.items()}
+    values = {key: _convert(hints[key], value, where.child(key), base) for key, value in data.items()}
     return cls(**values)
 
 
@@ -209,7 +227,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
-def _convert(hint: Any, value: Any, where: str, base: Path | None) -> Any:
+def _convert(hint: Any, value: Any, where: _Where, base: Path | None) -> Any:
     origin = get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = get_args(hint)
@@ -226,13 +244,12 @@ def _convert(hint: Any, value: Any, where: str, base: Path | None) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}", "write it as a YAML list")
         args = get_args(hint)
-        item = args[0]
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(item, v, f"{where}[{i}]", base) for i, v in enumerate(value))
+            return tuple(_convert(args[0], v, where.child(i), base) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}", "fix the list")
         pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_convert(a, v, f"{where}[{i}]", base) for i, (a, v) in pairs)
+        return tuple(_convert(a, v, where.child(i), base) for i, (a, v) in pairs)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, base)  # type: ignore[arg-type]
     if hint is Path:
@@ -260,5 +277,13 @@ def validate_unet_config(config: UNetTrainConfig) -> None:
         raise ConfigError("loss.sync > 0 needs loss.syncnet", "give a SyncNet checkpoint or set loss.sync: 0")
     if config.margin.max > FACE_SIZE * 0.125:
         raise ConfigError(f"margin.max {config.margin.max} is beyond the stored context", "use at most 32")
+    if (config.loss.gan > 0 or config.loss.mouth_gan > 0) and len(config.loss.feature_matching) != (
+        config.loss.discriminator.num_blocks
+    ):
+        raise ConfigError(
+            f"loss.feature_matching has {len(config.loss.feature_matching)} weights for "
+            f"{config.loss.discriminator.num_blocks} discriminator blocks",
+            "give one feature-matching weight per discriminator block",
+        )
     if not 0 < config.sampling.top_k_ratio <= 1:
         raise ConfigError("sampling.top_k_ratio must be in (0, 1]", "the reference uses 0.51, the paper 0.4")

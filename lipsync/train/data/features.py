@@ -72,7 +72,7 @@ def ensure_whisper_features(
     """Compute whisper.npy for every clip lacking it or made with other weights; returns how many."""
     stale = [folder for folder in list_clips(Path(root)) if _needs_whisper(folder, weights_id)]
     computed = 0
-    for folder in tqdm(stale, desc="whisper features", unit="clip", disable=not progress):
+    for folder in tqdm(stale, desc="whisper features", unit="clip", disable=not progress or not stale):
         meta = _clip_meta(folder)
         audio = np.load(folder / AUDIO_FILE, mmap_mode="r", allow_pickle=False)
         features = whisper_features(models, np.asarray(audio))

@@ -11,7 +11,7 @@ OUT/
     landmarks.npy           (N, 68, 2) float32 iBUG-68 points in frames.npy pixels
     audio.npy               (N * 640,) float32 16 kHz mono speech of exactly these frames
     mel.npy                 (80, M) float32 SyncNet log-mel (Wav2Lip recipe), 80 columns per second
-    whisper.npy             optional (W, 5, 384) float16 whisper-tiny hidden states of audio.npy
+    whisper.npy             optional (W, 5, 384) float32 whisper-tiny hidden states of audio.npy
 
 All frames are at 25 fps (video of any rate is resampled). The face box is MuseTalk's inference crop box
 (bbox_shift 0, no extra margin), so training and inference crop faces the same way; the context around it

@@ -194,12 +194,15 @@ class ImagePyramid(nn.Module):
             if factor == 1:
                 levels.append(x)
                 continue
-            k = self.kernel(index).to(x.dtype)
-            half = k.numel() // 2
-            blurred = F.pad(x, (half, half, half, half), mode="replicate")
-            blurred = F.conv2d(blurred, k.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-            blurred = F.conv2d(blurred, k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-            levels.append(blurred[:, :, ::factor, ::factor])
+            # Blur in float32 with autocast off: depthwise bfloat16 convolutions have no fast CPU kernel
+            # (measured: minutes per 224 px batch under bf16 autocast, milliseconds in float32).
+            with torch.autocast(x.device.type, enabled=False):
+                k = self.kernel(index).float()
+                half = k.numel() // 2
+                blurred = F.pad(x.float(), (half, half, half, half), mode="replicate")
+                blurred = F.conv2d(blurred, k.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+                blurred = F.conv2d(blurred, k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+            levels.append(blurred[:, :, ::factor, ::factor].to(x.dtype))
         return levels
 
 

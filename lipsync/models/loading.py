@@ -91,7 +91,16 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_LISTED_KEYS]) + more
 
 
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> None:
+DEFAULT_MISMATCH_FIX = "the file and its config do not belong together: download both again from the source"
+
+
+def load_strict(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    dtype: torch.dtype,
+    fix: str = DEFAULT_MISMATCH_FIX,
+) -> None:
     """Assign every tensor of `state` to the (meta-device) model; a missing, extra or misshapen key fails."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -109,7 +118,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, 
     if problems:
         raise WeightsError(
             f"{source} does not match the {type(model).__name__} of its config:\n  " + "\n  ".join(problems),
-            "the file and its config do not belong together: download both again from the source",
+            fix,
         )
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
 

@@ -14,7 +14,6 @@ Deliberate differences from the reference:
 from __future__ import annotations
 
 import math
-import pickle
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from lipsync.config import IMAGE_CHANNELS
 from lipsync.errors import WeightsError
+from lipsync.models.loading import load_strict, read_state_dict
 from lipsync.train.config import ConfigError, PerceptualConfig
 
 # --- VGG19 (configuration "E" of Simonyan & Zisserman) -----------------------------------------------------
@@ -45,9 +45,7 @@ VGG_POOLS_BEFORE_LAST_SLICE = 4  # max-pools inside features[0:30]
 MIN_VGG_INPUT = 2**VGG_POOLS_BEFORE_LAST_SLICE  # smallest side that still gives relu5_1 a pixel
 VGG19_FILE_NAME = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG19 checkpoint
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE_NAME}"
-FEATURES_PREFIX = "features."
 IGNORED_PREFIXES = ("classifier.",)  # the classification head of the checkpoint: not used here
-MAX_LISTED_KEYS = 10
 
 # --- ImageNet input normalisation (the statistics the VGG weights were trained with) ---------------------
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,11 +90,6 @@ class VGG19Features(nn.Module):
         return outputs
 
 
-def _listed(keys: list[str]) -> str:
-    more = f" ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
-    return ", ".join(keys[:MAX_LISTED_KEYS]) + more
-
-
 def load_vgg19_features(path: Path) -> VGG19Features:
     """A full-size VGG19Features with the `features.*` tensors of torchvision's checkpoint at `path`.
 
@@ -106,35 +99,11 @@ def load_vgg19_features(path: Path) -> VGG19Features:
     fix = f"download torchvision's ImageNet VGG19 weights ({VGG19_URL}) and give that file"
     if not path.is_file():
         raise WeightsError(f"VGG19 weights {path} do not exist", fix)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"cannot read VGG19 weights {path}: {exc}", fix) from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a plain state dict of tensors", fix)
-
+    state = read_state_dict(path)
     with torch.device("meta"):
         model = VGG19Features()
-    expected = model.state_dict()
-    features = {k: v for k, v in state.items() if k.startswith(FEATURES_PREFIX)}
-    unexpected = [k for k in state if k not in expected and not k.startswith(IGNORED_PREFIXES)]
-    missing = [k for k in expected if k not in features]
-    misshapen = [
-        f"{k} {tuple(features[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in features and features[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {_listed(keys)}"
-        for label, keys in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
-        if keys
-    ]
-    if problems:
-        raise WeightsError(
-            f"{path} is not torchvision's VGG19 checkpoint:\n  " + "\n  ".join(problems),
-            f"{fix} ({VGG19_FILE_NAME}; the VGG19 without batch norm)",
-        )
-    model.load_state_dict({k: v.float() for k, v in features.items()}, strict=True, assign=True)
+    kept = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    load_strict(model, kept, path, torch.float32, f"{fix} ({VGG19_FILE_NAME}; the VGG19 without batch norm)")
     return model
 
 

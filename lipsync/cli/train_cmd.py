@@ -62,6 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from lipsync.train.syncnet_trainer import train_syncnet
 
     sync_config = _override(load_config(args.config, SyncNetTrainConfig), args)
-    sync_result = train_syncnet(sync_config, progress=not args.quiet)
-    print(sync_result.format() if hasattr(sync_result, "format") else sync_result)
+    sync = train_syncnet(sync_config, progress=not args.quiet)
+    print(f"trained {sync.steps} steps in {sync.seconds:.0f} s ({sync.samples_per_second:.0f} samples/s)")
+    if sync.val_accuracy is not None:
+        print(
+            f"  held-out accuracy {sync.val_accuracy:.3f}, AUC {sync.val_auc:.3f} (in-sync vs shifted pairs)"
+        )
+    print(
+        f"  checkpoints: {sync.checkpoint}"
+        + (f", best {sync.best_checkpoint}" if sync.best_checkpoint else "")
+    )
     return 0

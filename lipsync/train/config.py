@@ -7,6 +7,7 @@ Defaults are the reference's stage settings (../shared/docs/reference-musetalk.m
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class DataConfig:
     val_speakers: tuple[str, ...] = ()  # ... and/or every clip of these speakers
     val_fraction: float = 0.0  # ... and/or this fraction of clips, chosen by a hash of the clip id
     min_face_size: int = 150  # px in the source video; smaller faces are skipped (stage 2: 200)
+    min_clip_frames: int | None = None  # shorter clips are skipped; None = 10 x clip_frames (reference)
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -227,6 +229,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
+def flat_hparams(config: Any) -> dict[str, Any]:
+    """A config flattened to dotted keys with the scalar values TensorBoard's hparams accept."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        else:
+            flat[prefix[:-1]] = value if isinstance(value, bool | int | float | str) else str(value)
+
+    walk("", to_dict(config))
+    return flat
+
+
 def _convert(hint: Any, value: Any, where: _Where, base: Path | None) -> Any:
     origin = get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -256,7 +273,7 @@ def _convert(hint: Any, value: Any, where: _Where, base: Path | None) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a path, got {value!r}", "write the path as a string")
         path = Path(value).expanduser()
-        return path if path.is_absolute() or base is None else base / path
+        return path if path.is_absolute() or base is None else Path(os.path.normpath(base / path))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool):

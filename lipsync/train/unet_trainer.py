@@ -26,7 +26,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lipsync.config import TRAINING_FPS
 from lipsync.errors import LipsyncError
 from lipsync.models.loading import (
     MuseTalkModels,
@@ -34,12 +33,11 @@ from lipsync.models.loading import (
     load_unet,
     load_vae,
     load_whisper,
-    read_state_dict,
 )
 from lipsync.models.unet import audio_context, run_unet, unet_config
 from lipsync.models.vae import decode_images, encode_images, masked_copy
 from lipsync.models.weights import UNET_CONFIG_FILE, WeightsLayout, is_untrained
-from lipsync.train.config import UNetTrainConfig, to_dict, validate_unet_config
+from lipsync.train.config import UNetTrainConfig, flat_hparams, to_dict, validate_unet_config
 from lipsync.train.data.features import ensure_whisper_features, whisper_weights_id
 from lipsync.train.export import EXPORT_VERSION, TRAINED_BY, export_unet
 from lipsync.train.losses import GanTerms, PatchDiscriminator, PerceptualLoss, crop_mouths, mouth_boxes
@@ -263,7 +261,9 @@ class UNetTrainer:
         )
 
     def _loader(self, clips: list[Path], seed: int) -> DataLoader[Any]:
-        dataset = UNetTrainDataset(clips, self.config, length=DATASET_LENGTH, seed=seed)
+        dataset = UNetTrainDataset(
+            clips, self.config, length=DATASET_LENGTH, seed=seed, min_frames=self.config.data.min_clip_frames
+        )
         loader: DataLoader[Any] = DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -276,7 +276,11 @@ class UNetTrainer:
 
     def _validation_batch(self) -> UNetBatch:
         return validation_batch(
-            self.val_clips, self.config, self.config.validation_samples, seed=self.config.seed
+            self.val_clips,
+            self.config,
+            self.config.validation_samples,
+            seed=self.config.seed,
+            min_frames=self.config.data.min_clip_frames,
         )
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -382,7 +386,7 @@ class UNetTrainer:
             self.accelerator.backward(loss)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            logs[f"loss/discriminator_{name}"] = float(loss)
+            logs[f"loss/discriminator_{name}"] = float(loss.detach())
         return logs
 
     def train_step(self, batch: UNetBatch) -> dict[str, float]:
@@ -442,7 +446,7 @@ class UNetTrainer:
     def run(self) -> UNetTrainResult:
         config = self.config
         if self.accelerator.is_main_process:
-            self.accelerator.init_trackers(TENSORBOARD_PROJECT, config=_flat_hparams(config))
+            self.accelerator.init_trackers(TENSORBOARD_PROJECT, config=flat_hparams(config))
         history: list[tuple[int, float]] = []
         if self.step == 0 or self.step % config.validate_every != 0:
             history.append((self.step, self.validate()))
@@ -489,23 +493,5 @@ class UNetTrainer:
         )
 
 
-def _flat_hparams(config: UNetTrainConfig) -> dict[str, Any]:
-    """TensorBoard hparams take scalars and strings only."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}{key}.", inner)
-        else:
-            flat[prefix.rstrip(".")] = value if isinstance(value, int | float | str | bool) else str(value)
-
-    walk("", to_dict(config))
-    return flat
-
-
 def train_unet(config: UNetTrainConfig, progress: bool = True) -> UNetTrainResult:
     return UNetTrainer(config, progress).run()
-
-
-__all__ = ["TRAINING_FPS", "UNetTrainResult", "UNetTrainer", "read_state_dict", "train_unet"]

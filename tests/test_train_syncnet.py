@@ -71,7 +71,7 @@ def one_thread() -> Iterator[None]:
 
 def tiny_config(root: Path, out: Path, val_clips: tuple[str, ...], **changes: object) -> SyncNetTrainConfig:
     config = load_config(TINY_CONFIG, SyncNetTrainConfig)
-    data = dataclasses.replace(config.data, root=root, val_clips=val_clips)
+    data = dataclasses.replace(config.data, root=root, val_clips=val_clips, val_fraction=0.0)
     return dataclasses.replace(config, output_dir=out, data=data, **changes)  # type: ignore[arg-type]
 
 

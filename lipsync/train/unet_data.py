@@ -30,7 +30,7 @@ from lipsync.config import (
     audio_window_frames,
 )
 from lipsync.models.audio_features import audio_window_start
-from lipsync.train.config import DataConfig, UNetTrainConfig
+from lipsync.train.config import ConfigError, DataConfig, UNetTrainConfig
 from lipsync.train.data.format import (
     CLIP_FILE,
     WHISPER_FILE,
@@ -181,18 +181,29 @@ def read_meta(folder: Path) -> ClipMeta:
 
 def split_clips(root: Path, data_config: DataConfig) -> tuple[list[Path], list[Path]]:
     """(train, val) clip folders: val = listed clip ids, every clip of listed speakers, and the clips whose
-    stable_fraction(clip id) is below val_fraction."""
+    stable_fraction(clip id) is below val_fraction. A listed id or speaker the dataset lacks is an error
+    (a typo would otherwise validate on nothing)."""
     val_clips, val_speakers = set(data_config.val_clips), set(data_config.val_speakers)
     train: list[Path] = []
     val: list[Path] = []
+    seen_ids: set[str] = set()
+    seen_speakers: set[str] = set()
     for folder in list_clips(root):
         meta = read_meta(folder)
+        seen_ids.add(meta.clip_id)
+        seen_speakers.add(meta.speaker)
         held_out = (
             meta.clip_id in val_clips
             or meta.speaker in val_speakers
             or stable_fraction(meta.clip_id) < data_config.val_fraction
         )
         (val if held_out else train).append(folder)
+    unknown = sorted(val_clips - seen_ids) + sorted(val_speakers - seen_speakers)
+    if unknown:
+        raise ConfigError(
+            f"data.val_clips / data.val_speakers name {', '.join(unknown)}, not in {root}",
+            "use clip ids (folder names under clips/) and speaker labels of the prepared dataset",
+        )
     return train, val
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from lipsync.config import FACE_SIZE
 from lipsync.errors import LipsyncError
@@ -219,6 +220,15 @@ def face_transform(face_box: np.ndarray, margin: float = 0.0, size: int = FACE_S
     width, height = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
     extra = margin * height / size  # size-crop pixels -> stored-crop pixels
     return FaceTransform(origin=(x1, y1), scale=(size / width, size / (height + extra)), size=size)
+
+
+PIXEL_SCALE = 127.5  # uint8 [0, 255] -> [-1, 1]
+
+
+def crops_to_images(crops: np.ndarray) -> torch.Tensor:
+    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32 in [-1, 1], the range the VAE and SyncNet take."""
+    planar = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # transposing bytes is the cheap side
+    return torch.from_numpy(planar.astype(np.float32)).div_(PIXEL_SCALE).sub_(1.0)
 
 
 def crop_face(

@@ -31,12 +31,11 @@ from lipsync.models.syncnet import SyncNetSpec, lower_half
 from lipsync.train.config import ConfigError, DataConfig
 from lipsync.train.data.format import ClipMeta, DatasetError, PreparedClip, read_clip
 from lipsync.train.data.mel import mel_window
-from lipsync.train.sampling import crop_face
+from lipsync.train.sampling import crop_face, crops_to_images
 from lipsync.train.unet_data import read_meta, split_clips
 
 log = logging.getLogger(__name__)
 
-PIXEL_SCALE = 127.5  # uint8 [0, 255] -> [-1, 1]
 POSITIVE = 1.0
 NEGATIVE = 0.0
 DEFAULT_CACHE_BYTES = 1 << 30  # prepared face frames kept in memory per process (or DataLoader worker)
@@ -129,16 +128,10 @@ def split_sync_clips(data: DataConfig) -> SyncSplit:
     return split
 
 
-def _to_pixels(images: np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return tensor.float().div_(PIXEL_SCALE).sub_(1.0)
-
-
 def prepare_clip_faces(clip: PreparedClip, spec: SyncNetSpec) -> torch.Tensor:
     """(N, 3, S/2, S): every frame's face box at 256 x 256, then resized to the SyncNet size, lower half."""
     faces = np.stack([crop_face(clip.frames[i], clip.face_boxes[i]) for i in range(clip.frame_count)])
-    return lower_half(_to_pixels(faces), spec.image_size)
+    return lower_half(crops_to_images(faces), spec.image_size)
 
 
 class SyncPairSource:

@@ -44,6 +44,7 @@ from lipsync.train.data.format import (
 from lipsync.train.data.mel import mel_window
 from lipsync.train.sampling import (
     crop_face,
+    crops_to_images,
     draw_margin,
     face_transform,
     landmarks_in_face,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 # The reference skips clips shorter than 10 x the frames per sample (its fallback window is +-5 x that).
 REFERENCE_MIN_FRAMES_PER_SAMPLE_FRAME = 10
 OPEN_CLIP_CACHE = 64  # clips kept memory-mapped (with their 256-crop landmarks) per worker
-PIXEL_SCALE = 127.5  # uint8 [0, 255] -> [-1, 1]
 HASH_BYTES = 8  # of sha256(clip id), read as a fraction in [0, 1) for val_fraction
 
 
@@ -227,12 +227,6 @@ class _OpenClip:
     valid_whisper: int
 
 
-def _to_pixels(images: np.ndarray) -> torch.Tensor:
-    """(F, S, S, 3) uint8 -> (F, 3, S, S) float32 in [-1, 1]."""
-    planar = np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # transposing bytes is the cheap side
-    return torch.from_numpy(planar.astype(np.float32)).div_(PIXEL_SCALE).sub_(1.0)
-
-
 class UNetTrainDataset(Dataset[UNetSample]):
     """`length` random samples; item i depends only on (seed, i), so runs, resumes and workers agree.
 
@@ -347,8 +341,8 @@ class UNetTrainDataset(Dataset[UNetSample]):
         audio = audio_windows(clip.whisper, targets, self.config.audio_window, opened.valid_whisper)
         mel = mel_window(np.asarray(clip.mel), start, count)
         return UNetSample(
-            target=_to_pixels(target_images),
-            reference=_to_pixels(reference_images),
+            target=crops_to_images(target_images),
+            reference=crops_to_images(reference_images),
             audio=torch.from_numpy(audio),
             mel=torch.from_numpy(mel)[None],
             mouth_landmarks=torch.from_numpy(landmarks),

@@ -38,7 +38,7 @@ from lipsync.models.unet import audio_context, run_unet, unet_config
 from lipsync.models.vae import decode_images, encode_images, masked_copy
 from lipsync.models.weights import UNET_CONFIG_FILE, WeightsLayout, is_untrained
 from lipsync.train.config import UNetTrainConfig, flat_hparams, to_dict, validate_unet_config
-from lipsync.train.data.features import ensure_whisper_features, whisper_weights_id
+from lipsync.train.data.features import ensure_whisper_features, stale_whisper_clips, whisper_weights_id
 from lipsync.train.export import EXPORT_VERSION, TRAINED_BY, export_unet
 from lipsync.train.losses import GanTerms, PatchDiscriminator, PerceptualLoss, crop_mouths, mouth_boxes
 from lipsync.train.unet_data import UNetBatch, UNetTrainDataset, collate_unet, split_clips, validation_batch
@@ -202,7 +202,11 @@ class UNetTrainer:
         return config, nn.Module.to(cast(nn.Module, unet), self.device)
 
     def _prepare_features(self, layout: WeightsLayout, unet: nn.Module) -> None:
-        """Whisper features of every clip, computed once (main process first, others wait)."""
+        """Whisper features of every clip, computed once (main process first, others wait). The encoder is
+        loaded only when some clip needs it."""
+        weights_id = whisper_weights_id(layout.root)
+        if not stale_whisper_clips(Path(self.config.data.root), weights_id):
+            return
         encoder, extractor = load_whisper(layout, self.device, torch.float32)
         models = MuseTalkModels(
             self.vae,
@@ -220,7 +224,7 @@ class UNetTrainer:
             computed = ensure_whisper_features(
                 Path(self.config.data.root),
                 models,
-                whisper_weights_id(layout.root),
+                weights_id,
                 progress=self.progress and self.accelerator.is_main_process,
             )
         if computed:

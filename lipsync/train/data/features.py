@@ -66,11 +66,16 @@ def _needs_whisper(folder: Path, weights_id: str) -> bool:
     return not (folder / WHISPER_FILE).is_file() or _clip_meta(folder).whisper_weights != weights_id
 
 
+def stale_whisper_clips(root: Path, weights_id: str) -> list[Path]:
+    """Clip folders lacking whisper.npy, or whose whisper.npy came from other weights."""
+    return [folder for folder in list_clips(Path(root)) if _needs_whisper(folder, weights_id)]
+
+
 def ensure_whisper_features(
     root: Path, models: MuseTalkModels, weights_id: str, progress: bool = True
 ) -> int:
     """Compute whisper.npy for every clip lacking it or made with other weights; returns how many."""
-    stale = [folder for folder in list_clips(Path(root)) if _needs_whisper(folder, weights_id)]
+    stale = stale_whisper_clips(root, weights_id)
     computed = 0
     for folder in tqdm(stale, desc="whisper features", unit="clip", disable=not progress or not stale):
         meta = _clip_meta(folder)

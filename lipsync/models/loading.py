@@ -91,6 +91,7 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_LISTED_KEYS]) + more
 
 
+BATCHNORM_COUNTER = "num_batches_tracked"
 DEFAULT_MISMATCH_FIX = "the file and its config do not belong together: download both again from the source"
 
 
@@ -100,9 +101,19 @@ def load_strict(
     source: Path,
     dtype: torch.dtype,
     fix: str = DEFAULT_MISMATCH_FIX,
+    allow_missing_batchnorm_counters: bool = False,
 ) -> None:
-    """Assign every tensor of `state` to the (meta-device) model; a missing, extra or misshapen key fails."""
+    """Assign every tensor of `state` to the (meta-device) model; a missing, extra or misshapen key fails.
+
+    Files saved before PyTorch 0.4.1 have no BatchNorm `num_batches_tracked` buffers; with
+    `allow_missing_batchnorm_counters` those (and only those) are filled with 0, as PyTorch itself does.
+    """
     expected = model.state_dict()
+    if allow_missing_batchnorm_counters:
+        state = dict(state)
+        for key in expected:
+            if key.endswith(BATCHNORM_COUNTER) and key not in state:
+                state[key] = torch.zeros((), dtype=torch.long)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshapen = [
@@ -120,7 +131,11 @@ def load_strict(
             f"{source} does not match the {type(model).__name__} of its config:\n  " + "\n  ".join(problems),
             fix,
         )
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.load_state_dict(
+        {k: v if k.endswith(BATCHNORM_COUNTER) else v.to(dtype) for k, v in state.items()},
+        strict=True,
+        assign=True,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -18,11 +18,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-import av
 import cv2
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +30,7 @@ from lipsync.errors import InputError, OutputError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, FaceTrack, track_face
 from lipsync.io.audio import load_audio
+from lipsync.io.resample import PresentationResampler, StreamTimes, probe_stream_times, rgb_frames
 from lipsync.train.data.format import (
     CLIPS_DIR,
     DATASET_FILE,
@@ -445,105 +444,28 @@ def prepare_source(task: SourceTask) -> SourceRecord:
     return record
 
 
-@dataclass(frozen=True)
-class _Streams:
-    width: int
-    height: int
-    audio_start: Fraction  # seconds on the container clock
-    fallback_frame_seconds: Fraction  # per frame, where frames lack timestamps or durations
-
-
-def _open_streams(path: Path) -> _Streams:
+def _open_streams(path: Path) -> StreamTimes:
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise _Rejected(UNREADABLE, "no video track")
-            if not container.streams.audio:
-                raise _Rejected(NO_AUDIO, "no audio track")
-            video, audio = container.streams.video[0], container.streams.audio[0]
-            rate = video.average_rate or video.guessed_rate or video.base_rate
-            start = _seconds(audio.start_time, audio.time_base)
-            return _Streams(
-                width=video.codec_context.width,
-                height=video.codec_context.height,
-                audio_start=start if start is not None else Fraction(0),
-                fallback_frame_seconds=1 / Fraction(rate) if rate else Fraction(1, 25),
-            )
-    except av.error.FFmpegError as exc:
-        raise _Rejected(UNREADABLE, f"cannot open: {exc}") from exc
+        times = probe_stream_times(path)
+    except InputError as exc:
+        raise _Rejected(UNREADABLE, exc.problem) from exc
+    if times.audio_start is None:
+        raise _Rejected(NO_AUDIO, "no audio track")
+    return times
 
 
-def _seconds(timestamp: int | None, time_base: Fraction | None) -> Fraction | None:
-    """A stream timestamp in seconds, exactly; None when it is unknown."""
-    if timestamp is None or time_base is None:
-        return None
-    return timestamp * Fraction(time_base)
+def _resampled(
+    path: Path, times: StreamTimes, audio_samples: int, settings: DatasetSettings
+) -> PresentationResampler:
+    return PresentationResampler(path, times, settings.fps, settings.sample_rate, audio_samples)
 
 
-class _Resampler:
-    """Frames at a fixed rate by presentation time: output frame k shows the source frame on screen at
-    origin + k / fps. The origin is the later of the first frame's time and the audio's start, so audio
-    sample 0 (after `audio_skip` samples) lines up with output frame 0; output stops where audio ends."""
-
-    def __init__(self, path: Path, streams: _Streams, audio_samples: int, settings: DatasetSettings) -> None:
-        self._path = path
-        self._streams = streams
-        self._audio_samples = audio_samples
-        self._fps = settings.fps
-        self._samples_per_frame = settings.sample_rate // settings.fps
-        self._sample_rate = settings.sample_rate
-        self.audio_skip = 0
-        self.frame_limit = 0
-
-    def _start(self, first_time: Fraction) -> Fraction:
-        origin = max(first_time, self._streams.audio_start)
-        self.audio_skip = round((origin - self._streams.audio_start) * self._sample_rate)
-        self.frame_limit = max(0, self._audio_samples - self.audio_skip) // self._samples_per_frame
-        return origin
-
-    def frames(self) -> Iterator[tuple[int, av.VideoFrame]]:
-        """(source frame number, frame) for output frames 0, 1, ...; a frame repeats when the source
-        rate is lower, and source frames are skipped when it is higher."""
-        step = Fraction(1, self._fps)
-        try:
-            with av.open(str(self._path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                held: av.VideoFrame | None = None
-                held_number, held_time = -1, Fraction(0)
-                origin = Fraction(0)
-                k = 0
-                for number, frame in enumerate(container.decode(stream)):
-                    t = _seconds(frame.pts, frame.time_base)
-                    if t is None:
-                        t = number * self._streams.fallback_frame_seconds
-                    if held is None:
-                        origin = self._start(t)
-                    else:
-                        t = max(t, held_time)
-                        while k < self.frame_limit and origin + k * step < t:
-                            yield held_number, held
-                            k += 1
-                    if k >= self.frame_limit:
-                        return
-                    held, held_number, held_time = frame, number, t
-                if held is None:
-                    return
-                end = held_time + self._streams.fallback_frame_seconds
-                while k < self.frame_limit and origin + k * step < end:
-                    yield held_number, held
-                    k += 1
-        except av.error.FFmpegError as exc:
-            raise _Rejected(UNREADABLE, f"cannot decode: {exc}") from exc
-
-
-def _rgb_frames(frames: Iterator[tuple[int, av.VideoFrame]]) -> Iterator[np.ndarray]:
-    """RGB arrays of resampled frames, converting a repeated source frame once."""
-    last_number, last = -1, np.zeros(0, np.uint8)
-    for number, frame in frames:
-        if number != last_number:
-            last_number, last = number, np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
-        yield last
+def _decoded(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The frames, with a decoding failure turned into this source's rejection."""
+    try:
+        yield from frames
+    except InputError as exc:
+        raise _Rejected(UNREADABLE, exc.problem) from exc
 
 
 def _prepare_clips(source: SourceVideo, out: Path, settings: DatasetSettings, record: SourceRecord) -> None:
@@ -553,8 +475,10 @@ def _prepare_clips(source: SourceVideo, out: Path, settings: DatasetSettings, re
     except InputError as exc:
         raise _Rejected(UNREADABLE, f"audio cannot be read: {exc.problem}") from exc
 
-    resampler = _Resampler(source.path, streams, len(audio), settings)
-    track = track_face(_rgb_frames(resampler.frames()), PREPARE_FACE_SETTINGS, streams.width, streams.height)
+    resampler = _resampled(source.path, streams, len(audio), settings)
+    track = track_face(
+        _decoded(rgb_frames(resampler.frames())), PREPARE_FACE_SETTINGS, streams.width, streams.height
+    )
     record.source_seconds = track.frame_count / settings.fps
     if track.frame_count == 0:
         raise _Rejected(UNREADABLE, "no frames could be decoded (or the audio is shorter than a frame)")
@@ -564,8 +488,8 @@ def _prepare_clips(source: SourceVideo, out: Path, settings: DatasetSettings, re
     plans = _plan_clips(source.rel, track, settings, record.rejections)
     if not plans:
         return
-    second_pass = _Resampler(source.path, streams, len(audio), settings)
-    frames = enumerate(_rgb_frames(second_pass.frames()))
+    second_pass = _resampled(source.path, streams, len(audio), settings)
+    frames = enumerate(_decoded(rgb_frames(second_pass.frames())))
     aligned = audio[resampler.audio_skip :]
     for plan in plans:
         record.clips.append(_write_clip(source, out, settings, plan, track, frames, aligned))

@@ -1,4 +1,4 @@
-"""`lipsync` command line: dub, weights, bench, avatar, serve, bench-live, data, train."""
+"""`lipsync` command line: dub, weights, bench, avatar, serve, bench-live, data, train, eval."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from lipsync import __version__
-from lipsync.cli import avatar_cmd, data_cmd, loadbench_cmd, serve_cmd, train_cmd
+from lipsync.cli import avatar_cmd, data_cmd, eval_cmd, loadbench_cmd, serve_cmd, train_cmd
 from lipsync.cli.options import (
     DEFAULT_WEIGHTS,
     add_face_options,
@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scaffold.add_argument("dir", type=Path)
     scaffold.add_argument("--tiny", action="store_true", help="tiny models for tests and CI")
+    scaffold_eval = weights_commands.add_parser(
+        "scaffold-eval",
+        help="write randomly initialised (UNTRAINED) syncnet_v2, InceptionV3 and ArcFace files "
+        "for `lipsync eval`",
+    )
+    scaffold_eval.add_argument("dir", type=Path)
+    scaffold_eval.add_argument(
+        "--arcface", choices=["r18", "r34", "r50", "r100"], default="r18", help="iresnet depth (default r18)"
+    )
 
     bench = commands.add_parser("bench", help="milliseconds per frame for every stage, and frames per second")
     bench.add_argument("source", type=Path, help="video or photo to dub")
@@ -60,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadbench_cmd.register(commands)
     data_cmd.register(commands)
     train_cmd.register(commands)
+    eval_cmd.register(commands)
     return parser
 
 
@@ -77,6 +87,13 @@ def run_dub(args: argparse.Namespace) -> int:
 def run_weights(args: argparse.Namespace) -> int:
     from lipsync.models.weights import check_weights, scaffold_weights
 
+    if args.weights_command == "scaffold-eval":
+        from lipsync.models.eval_weights import scaffold_eval_weights
+
+        written = scaffold_eval_weights(args.dir, args.arcface)
+        print(f"wrote UNTRAINED metric weights to {args.dir}: {', '.join(p.name for p in written)}")
+        print("figures computed with them are labelled untrained; they only show that `lipsync eval` runs")
+        return 0
     if args.weights_command == "check":
         report = check_weights(args.dir, args.model_version)
         print(report.format())
@@ -105,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench-live": loadbench_cmd.run,
         "data": data_cmd.run,
         "train": train_cmd.run,
+        "eval": eval_cmd.run,
     }
     try:
         return handlers[args.command](args)

@@ -82,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(report.summary())
+    print(report.timing_table())
     print(f"wrote {args.out / 'report.json'} and {args.out / 'report.html'} ({report.seconds:.1f} s)")
     return 0

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from lipsync.errors import InputError
 from lipsync.eval.definitions import BETTER_ARROWS, BETTER_WORDS, Better, MetricSpec
+from lipsync.pipeline.timing import stage_table
 
 REPORT_FORMAT = 1
 REPORT_FILE = "report.json"
@@ -111,6 +112,7 @@ class EvalReport:
     lipsync_version: str = ""
     created: str = ""
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     format: int = REPORT_FORMAT
 
     def metric(self, key: str) -> Metric:
@@ -130,6 +132,11 @@ class EvalReport:
         path = folder / REPORT_FILE
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
+
+    def timing_table(self) -> str:
+        """Seconds and milliseconds per generated frame for each stage."""
+        frames = next((i.frames for i in self.inputs if i.role == "generated"), 0)
+        return stage_table(self.stage_seconds, frames)
 
     def summary(self) -> str:
         width = max(len(m.name) for m in self.metrics)

@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from lipsync import __version__
-from lipsync.config import FACE_SIZE, DeviceChoice
+from lipsync.config import AUDIO_SAMPLE_RATE, FACE_SIZE, DeviceChoice
 from lipsync.errors import OutputError
 from lipsync.eval import definitions as define
 from lipsync.eval.fid import FeatureStats, fid_between, inception_features
@@ -65,6 +66,21 @@ from lipsync.models.eval_weights import (
 from lipsync.models.inception_fid import FidInceptionV3, load_fid_inception
 from lipsync.models.syncnet import load_syncnet
 from lipsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
+from lipsync.pipeline.timing import StageTimes
+
+
+class EvalStage(str, Enum):
+    FACES = "face pass"
+    LOAD = "load networks"
+    DECODE = "decode"
+    CROPS = "crops"
+    SYNCNET_V2 = "syncnet_v2"
+    INCEPTION = "inception"
+    ARCFACE = "arcface"
+    OWN_SYNCNET = "our syncnet"
+    PIXELS = "psnr/ssim/ifc"
+    FIGURES = "fid/lmd"
+
 
 NO_REFERENCE = "needs --reference (the source video) to compare with"
 THUMBNAILS = 8
@@ -134,8 +150,8 @@ def _load_networks(
 class _Batches:
     """Crops waiting for a network pass, flushed every `size` frames."""
 
-    def __init__(self, nets: _Networks, size: int) -> None:
-        self.nets, self.size = nets, size
+    def __init__(self, nets: _Networks, size: int, times: StageTimes) -> None:
+        self.nets, self.size, self.times = nets, size, times
         self.face_gen: list[np.ndarray] = []
         self.face_ref: list[np.ndarray] = []
         self.full_gen: list[np.ndarray] = []
@@ -158,13 +174,15 @@ class _Batches:
         faces_gen, faces_ref = np.stack(self.face_gen), np.stack(self.face_ref)
         if self.nets.inception is not None:
             model = self.nets.inception
-            self.fid_face[0].add(inception_features(model, faces_gen))
-            self.fid_face[1].add(inception_features(model, faces_ref))
-            self.fid_full[0].add(inception_features(model, np.stack(self.full_gen)))
-            self.fid_full[1].add(inception_features(model, np.stack(self.full_ref)))
+            with self.times.measure(EvalStage.INCEPTION):
+                self.fid_face[0].add(inception_features(model, faces_gen))
+                self.fid_face[1].add(inception_features(model, faces_ref))
+                self.fid_full[0].add(inception_features(model, np.stack(self.full_gen)))
+                self.fid_full[1].add(inception_features(model, np.stack(self.full_ref)))
         if self.nets.arcface is not None:
-            a = arcface_embeddings(self.nets.arcface, faces_gen)
-            b = arcface_embeddings(self.nets.arcface, faces_ref)
+            with self.times.measure(EvalStage.ARCFACE):
+                a = arcface_embeddings(self.nets.arcface, faces_gen)
+                b = arcface_embeddings(self.nets.arcface, faces_ref)
             self.csim.extend(float(c) for c in matched_cosine(a, b))
         for pending in (self.face_gen, self.face_ref, self.full_gen, self.full_ref):
             pending.clear()
@@ -197,60 +215,68 @@ def evaluate(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
     device = resolve_device(options.device)
+    times = StageTimes(device, dict.fromkeys(EvalStage, 0.0))
 
     # 1. faces
-    gen = _tracked(Path(generated), "generated", options)
-    ref = _tracked(Path(reference), "reference", options) if reference is not None else None
+    with times.measure(EvalStage.FACES):
+        gen = _tracked(Path(generated), "generated", options)
+        ref = _tracked(Path(reference), "reference", options) if reference is not None else None
 
     # 2. speech
     found = speech_for(gen, audio)
     samples, speech_source = found if found is not None else (None, "")
 
     # 3. networks
-    nets = _load_networks(weights, device, options.batch_size, samples is not None, ref is not None)
+    with times.measure(EvalStage.LOAD):
+        nets = _load_networks(weights, device, options.batch_size, samples is not None, ref is not None)
 
     # 4. frames
     pairs = min(gen.frame_count, ref.frame_count) if ref is not None else 0
-    per_frame = PerFrame(fps=EVAL_FPS)
-    state = _FramePass(gen, ref, nets, options, pairs, samples)
+    state = _FramePass(gen, ref, nets, options, pairs, samples, times)
     state.run()
 
-    # 5. figures
-    metrics = [
-        *_lse_metrics(state, weights),
-        *_own_sync_metrics(state, weights),
-        *_fid_metrics(state, weights),
-        _csim_metric(state, weights),
-        *_pixel_metrics(state),
-    ]
-
-    per_frame.audio_envelope = (
-        _listed(audio_envelope(samples, gen.frame_count)) if samples is not None else []
-    )
-    per_frame.mouth_opening_generated = _listed(mouth_opening(gen.track.points))
-    if ref is not None:
-        per_frame.mouth_opening_reference = _listed(mouth_opening(ref.track.points))
-    per_frame.sync_confidence_v2 = state.framewise_v2
-    per_frame.sync_confidence_own = state.framewise_own
-    per_frame.psnr, per_frame.ssim = state.psnr, state.ssim
-    per_frame.csim = _listed(np.array(state.batches.csim)) if state.batches.csim else []
-
+    # 5. figures and the report
+    with times.measure(EvalStage.FIGURES):
+        metrics = [
+            *_lse_metrics(state, weights),
+            *_own_sync_metrics(state, weights),
+            *_fid_metrics(state, weights),
+            _csim_metric(state, weights),
+            *_pixel_metrics(state),
+        ]
     inputs = [_summary("generated", gen)]
     if ref is not None:
         inputs.append(_summary("reference", ref))
     if samples is not None:
-        inputs.append(InputSummary("audio", speech_source, seconds=len(samples) / 16000))
+        inputs.append(InputSummary("audio", speech_source, seconds=len(samples) / AUDIO_SAMPLE_RATE))
     report = EvalReport(
         inputs=inputs,
         metrics=metrics,
-        per_frame=per_frame,
+        per_frame=_per_frame(state),
         notes=_notes(gen, ref, pairs),
         lipsync_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        seconds=round(time.monotonic() - started, 2),
     )
+    report.stage_seconds = {stage.value: round(secs, 3) for stage, secs in times.seconds.items()}
+    report.seconds = round(time.monotonic() - started, 2)
     _write_outputs(report, state.thumbnails, out_dir)
     return report
+
+
+def _per_frame(state: _FramePass) -> PerFrame:
+    gen, ref = state.gen, state.ref
+    envelope = audio_envelope(state.samples, gen.frame_count) if state.samples is not None else np.zeros(0)
+    return PerFrame(
+        fps=EVAL_FPS,
+        audio_envelope=_listed(envelope),
+        mouth_opening_generated=_listed(mouth_opening(gen.track.points)),
+        mouth_opening_reference=_listed(mouth_opening(ref.track.points)) if ref is not None else [],
+        sync_confidence_v2=state.framewise_v2,
+        sync_confidence_own=state.framewise_own,
+        psnr=state.psnr,
+        ssim=state.ssim,
+        csim=_listed(np.array(state.batches.csim)),
+    )
 
 
 def _tracked(path: Path, role: str, options: EvalOptions) -> TrackedVideo:
@@ -300,10 +326,11 @@ class _FramePass:
         options: EvalOptions,
         pairs: int,
         samples: np.ndarray | None,
+        times: StageTimes,
     ) -> None:
         self.gen, self.ref, self.nets, self.options, self.pairs = gen, ref, nets, options, pairs
-        self.samples = samples
-        self.batches = _Batches(nets, options.batch_size)
+        self.samples, self.times = samples, times
+        self.batches = _Batches(nets, options.batch_size, times)
         self.consistency = ConsistencyTracker()
         self.psnr: list[float | None] = []
         self.ssim: list[float | None] = []
@@ -331,8 +358,11 @@ class _FramePass:
             disable=not self.options.progress,
             leave=False,
         ) as bar:
-            for t, frame in enumerate(self.gen.frames()):
-                ref_frame = next(ref_frames, None) if t < self.pairs else None
+            frames = self.gen.frames()
+            for t in range(self.gen.frame_count):
+                with self.times.measure(EvalStage.DECODE):
+                    frame = next(frames)
+                    ref_frame = next(ref_frames, None) if t < self.pairs else None
                 self._frame(t, frame, ref_frame)
                 bar.update()
         self.batches.flush()
@@ -342,48 +372,67 @@ class _FramePass:
         gen_box = self.gen.track.box(t)
         ref_box = self.ref.track.box(t) if self.ref is not None and ref_frame is not None else None
         box = ref_box or gen_box  # the same box on both frames: detection noise is not a difference
-        gen_crop = crop_face(frame, box) if box is not None else None
-        ref_crop = crop_face(ref_frame, box) if box is not None and ref_frame is not None else None
+        with self.times.measure(EvalStage.CROPS):
+            gen_crop = crop_face(frame, box) if box is not None else None
+            ref_crop = crop_face(ref_frame, box) if box is not None and ref_frame is not None else None
+            sync_face = None
+            if self.embedder is not None and self.sync_boxes is not None:
+                sync_face = sync_crop(frame, self.sync_boxes[t])
+            if self.nets.own is not None and gen_box is not None:
+                self.own_crop = crop_face(frame, gen_box)  # a frame without a face repeats the last face
 
-        if self.embedder is not None and self.sync_boxes is not None:
-            self.embedder.add(sync_crop(frame, self.sync_boxes[t]))
+        if self.embedder is not None and sync_face is not None:
+            with self.times.measure(EvalStage.SYNCNET_V2):
+                self.embedder.add(sync_face)
         if self.nets.own is not None:
-            if gen_box is not None:
-                self.own_crop = crop_face(frame, gen_box)
-            self.nets.own.add(self.own_crop)  # a frame without a face repeats the last face
+            with self.times.measure(EvalStage.OWN_SYNCNET):
+                self.nets.own.add(self.own_crop)
+        with self.times.measure(EvalStage.PIXELS):
+            paired = self._pixel_metrics(ref_frame, gen_crop, ref_crop)
+        if paired and ref_frame is not None and gen_crop is not None and ref_crop is not None:
+            self.batches.add(frame, ref_frame, gen_crop, ref_crop)  # network passes: timed inside
+        if t in self.thumbnail_frames:
+            images = [im for im in (ref_frame, frame, ref_crop, gen_crop) if im is not None]
+            self.thumbnails.append(Thumbnail(t, t / EVAL_FPS, _thumbnail(images), ref_frame is not None))
 
+    def _pixel_metrics(
+        self, ref_frame: np.ndarray | None, gen_crop: np.ndarray | None, ref_crop: np.ndarray | None
+    ) -> bool:
+        """PSNR, SSIM and the consistency tracker for one frame; True if it made a face-crop pair."""
         if self.ref is None:  # reference-free: flicker only
             if gen_crop is not None:
                 self.consistency.add(gen_crop)
             else:
                 self.consistency.skip()
-        elif ref_frame is not None:
-            if gen_crop is not None and ref_crop is not None:
-                self.psnr.append(psnr(gen_crop, ref_crop))
-                self.ssim.append(ssim(gen_crop, ref_crop))
-                self.consistency.add(gen_crop, ref_crop)
-                self.batches.add(frame, ref_frame, gen_crop, ref_crop)
-            else:
-                self.psnr.append(None)
-                self.ssim.append(None)
-                self.consistency.skip()
-
-        if t in self.thumbnail_frames:
-            images = [im for im in (ref_frame, frame, ref_crop, gen_crop) if im is not None]
-            self.thumbnails.append(Thumbnail(t, t / EVAL_FPS, _thumbnail(images), ref_frame is not None))
+            return False
+        if ref_frame is None:  # past the reference's end
+            return False
+        if gen_crop is None or ref_crop is None:
+            self.psnr.append(None)
+            self.ssim.append(None)
+            self.consistency.skip()
+            return False
+        self.psnr.append(psnr(gen_crop, ref_crop))
+        self.ssim.append(ssim(gen_crop, ref_crop))
+        self.consistency.add(gen_crop, ref_crop)
+        return True
 
     def _finish_sync(self) -> None:
         if self.embedder is not None and self.samples is not None and self.nets.syncnet_v2 is not None:
-            video = self.embedder.finish(self.lse_windows)
-            windows = audio_windows(syncnet_mfcc(self.samples), self.lse_windows)
-            model = self.nets.syncnet_v2
-            audio = audio_embeddings(model, windows, _device(model), self.options.batch_size)
-            self.lse = lse_from_embeddings(video, audio)
-            self.framewise_v2 = [float(v) for v in self.lse.framewise_confidence]
+            with self.times.measure(EvalStage.SYNCNET_V2):
+                self._finish_lse(self.embedder, self.samples, self.nets.syncnet_v2)
         if self.nets.own is not None and self.samples is not None:
-            self.own = self.nets.own.finish(self.samples, self.gen.frame_count)
+            with self.times.measure(EvalStage.OWN_SYNCNET):
+                self.own = self.nets.own.finish(self.samples, self.gen.frame_count)
             if self.own is not None:
                 self.framewise_own = list(self.own.per_window)
+
+    def _finish_lse(self, embedder: VideoWindowEmbedder, samples: np.ndarray, model: SyncNetV2) -> None:
+        video = embedder.finish(self.lse_windows)
+        windows = audio_windows(syncnet_mfcc(samples), self.lse_windows)
+        audio = audio_embeddings(model, windows, _device(model), self.options.batch_size)
+        self.lse = lse_from_embeddings(video, audio)
+        self.framewise_v2 = [float(v) for v in self.lse.framewise_confidence]
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,13 +24,14 @@ class Stage(str, Enum):
 
 @dataclass
 class StageTimes:
-    """Seconds spent in each stage; GPU work is synchronised before the clock stops."""
+    """Seconds spent in each stage; GPU work is synchronised before the clock stops. The stages are the
+    dubbing ones unless `seconds` starts from another enum's members (as `lipsync eval` does)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seconds: dict[Stage, float] = field(default_factory=lambda: dict.fromkeys(Stage, 0.0))
+    seconds: dict[Enum, float] = field(default_factory=lambda: dict.fromkeys(Stage, 0.0))
 
     @contextmanager
-    def measure(self, stage: Stage) -> Iterator[None]:
+    def measure(self, stage: Enum) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
@@ -45,9 +46,15 @@ class StageTimes:
 
     def table(self, frames: int) -> str:
         """One line per stage: total seconds and milliseconds per output frame."""
-        per = max(frames, 1)
-        lines = [f"  {'stage':<15}{'total s':>10}{'ms/frame':>11}"]
-        for stage, secs in self.seconds.items():
-            lines.append(f"  {stage.value:<15}{secs:>10.2f}{1000 * secs / per:>11.1f}")
-        lines.append(f"  {'all stages':<15}{self.total:>10.2f}{1000 * self.total / per:>11.1f}")
-        return "\n".join(lines)
+        return stage_table({stage.value: secs for stage, secs in self.seconds.items()}, frames)
+
+
+def stage_table(seconds: Mapping[str, float], frames: int) -> str:
+    """One line per stage, then their sum: total seconds and milliseconds per frame."""
+    per = max(frames, 1)
+    total = sum(seconds.values())
+    lines = [f"  {'stage':<15}{'total s':>10}{'ms/frame':>11}"]
+    for stage, secs in seconds.items():
+        lines.append(f"  {stage:<15}{secs:>10.2f}{1000 * secs / per:>11.1f}")
+    lines.append(f"  {'all stages':<15}{total:>10.2f}{1000 * total / per:>11.1f}")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ import torch
 
 if TYPE_CHECKING:
     from lipsync.models.loading import MuseTalkModels
+    from lipsync.train.config import SyncNetTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
@@ -77,3 +78,35 @@ def prepared_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "dataset"
     prepare_dataset(src, out, DatasetSettings(clip_seconds=PREPARED_CLIP_SECONDS), jobs=1, progress=False)
     return out
+
+
+SYNCNET_SOURCES = ("talk_a_22fps.mp4", "talk_b.mp4", "talk_c.mp4", "talk_d_mpeg4.mp4")
+SYNCNET_CLIP_SECONDS = 2.0
+TINY_SYNCNET_CONFIG = REPO / "configs" / "train" / "syncnet-tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def syncnet_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All four shared talking-head videos prepared as 2 s clips (four speakers, 14 clips)."""
+    from lipsync.train.data.format import DatasetSettings
+    from lipsync.train.data.prepare import prepare_dataset
+
+    src = tmp_path_factory.mktemp("syncnet-src")
+    for name in SYNCNET_SOURCES:
+        (src / name).symlink_to(media(name))
+    out = tmp_path_factory.mktemp("syncnet-media") / "dataset"
+    prepare_dataset(src, out, DatasetSettings(clip_seconds=SYNCNET_CLIP_SECONDS), progress=False)
+    return out
+
+
+def tiny_syncnet_config(
+    root: Path, out: Path, val_clips: tuple[str, ...], **changes: object
+) -> SyncNetTrainConfig:
+    """configs/train/syncnet-tiny.yaml on a test dataset, holding out exactly `val_clips`."""
+    import dataclasses
+
+    from lipsync.train.config import SyncNetTrainConfig, load_config
+
+    config = load_config(TINY_SYNCNET_CONFIG, SyncNetTrainConfig)
+    data = dataclasses.replace(config.data, root=root, val_clips=val_clips, val_fraction=0.0)
+    return dataclasses.replace(config, output_dir=out, data=data, **changes)  # type: ignore[arg-type]

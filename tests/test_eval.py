@@ -19,7 +19,7 @@ from lipsync.models.syncnet import SyncNetSpec, build_syncnet, save_syncnet
 from lipsync.models.syncnet_v2 import SYNCNET_V2_FILE
 from lipsync.pipeline.dub import DubPipeline
 
-from conftest import media, write_clip
+from conftest import media, tiny_syncnet_config, write_clip
 
 OPTIONS = EvalOptions(device="cpu", progress=False)
 ALL_KEYS = [
@@ -155,6 +155,42 @@ def test_our_syncnet_confidence_per_window(tmp_path: Path) -> None:
     assert confidence.samples == 24 - 5 + 1
     assert len(report.per_frame.sync_confidence_own) == 24 - 5 + 1
     assert -15 <= (report.metric("own_sync_offset").value or 0) <= 15
+
+
+@pytest.fixture(scope="module")
+def trained_syncnet(syncnet_media: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SyncNet of configs/train/syncnet-tiny.yaml trained on the four shared clips (seconds)."""
+    from lipsync.train.syncnet_trainer import train_syncnet
+
+    config = tiny_syncnet_config(syncnet_media, tmp_path_factory.mktemp("syncnet-run"), ())
+    return train_syncnet(config, progress=False).checkpoint
+
+
+def shifted_speech(source: Path, frames: int, out: Path) -> Path:
+    """The source's audio moved `frames` video frames later (silence before) or earlier (cut)."""
+    import numpy as np
+    import scipy.io.wavfile
+
+    from lipsync.io.audio import load_audio, to_pcm16
+
+    samples = load_audio(source).samples
+    step = frames * 640
+    moved = np.concatenate([np.zeros(step, np.float32), samples]) if frames >= 0 else samples[-step:]
+    scipy.io.wavfile.write(out, 16000, to_pcm16(moved))
+    return out
+
+
+@pytest.mark.parametrize("audio_delay", [0, 5, -5])
+def test_our_syncnet_finds_a_planted_audio_shift(
+    audio_delay: int, trained_syncnet: Path, tmp_path: Path
+) -> None:
+    """With the speech delayed by d frames the video leads it: the offset is -d (positive = video lags)."""
+    clip = media("talk_b.mp4")
+    speech = shifted_speech(clip, audio_delay, tmp_path / "speech.wav")
+    weights = EvalWeightFiles.in_folder(tmp_path / "none", syncnet=trained_syncnet)
+    report = evaluate(clip, tmp_path / "eval", audio=speech, weights=weights, options=OPTIONS)
+    offset = report.metric("own_sync_offset").value
+    assert offset is not None and abs(offset - (-audio_delay)) <= 1, offset
 
 
 def test_reports_are_never_mixed_or_overwritten(tmp_path: Path) -> None:

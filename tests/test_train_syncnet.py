@@ -23,11 +23,8 @@ from lipsync.train.syncnet_data import (
 from lipsync.train.syncnet_trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, STATE_DIR, train_syncnet
 from lipsync.train.unet_data import read_meta
 
-from conftest import REPO, media
+from conftest import REPO, SYNCNET_SOURCES, tiny_syncnet_config
 
-SOURCES = ("talk_a_22fps.mp4", "talk_b.mp4", "talk_c.mp4", "talk_d_mpeg4.mp4")
-CLIP_SECONDS = 2.0
-TINY_CONFIG = REPO / "configs" / "train" / "syncnet-tiny.yaml"
 HELD_OUT_CLIP = 1  # per speaker, the second clip (by start) is held out: every speaker is seen, that clip not
 # Chance is 0.5 on balanced pairs; with 256 pairs its standard deviation is 0.031. Eight seeds of the tiny
 # config scored 0.648-0.719 accuracy (mean 0.68) and AUC 0.78-0.89 (mean 0.84) on these held-out clips.
@@ -37,26 +34,12 @@ SPEC = SyncNetSpec("wav2lip", frames=16, image_size=32, width_divisor=8)
 
 
 @pytest.fixture(scope="session")
-def syncnet_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All four shared talking-head videos prepared as 2 s clips (four speakers, 14 clips)."""
-    from lipsync.train.data.format import DatasetSettings
-    from lipsync.train.data.prepare import prepare_dataset
-
-    src = tmp_path_factory.mktemp("syncnet-src")
-    for name in SOURCES:
-        (src / name).symlink_to(media(name))
-    out = tmp_path_factory.mktemp("syncnet-media") / "dataset"
-    prepare_dataset(src, out, DatasetSettings(clip_seconds=CLIP_SECONDS), progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
 def held_out(syncnet_media: Path) -> tuple[str, ...]:
     by_speaker: dict[str, list[str]] = {}
     for folder in list_clips(syncnet_media):
         meta = read_meta(folder)
         by_speaker.setdefault(meta.speaker, []).append(meta.clip_id)
-    assert len(by_speaker) == len(SOURCES)
+    assert len(by_speaker) == len(SYNCNET_SOURCES)
     return tuple(sorted(clips)[HELD_OUT_CLIP] for clips in by_speaker.values())
 
 
@@ -67,12 +50,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(root: Path, out: Path, val_clips: tuple[str, ...], **changes: object) -> SyncNetTrainConfig:
-    config = load_config(TINY_CONFIG, SyncNetTrainConfig)
-    data = dataclasses.replace(config.data, root=root, val_clips=val_clips, val_fraction=0.0)
-    return dataclasses.replace(config, output_dir=out, data=data, **changes)  # type: ignore[arg-type]
 
 
 def test_split_holds_out_clips(syncnet_media: Path, held_out: tuple[str, ...]) -> None:
@@ -131,7 +108,7 @@ def test_tiny_syncnet_separates_held_out_pairs(
 ) -> None:
     """The issue's acceptance check: a SyncNet trained for seconds to minutes on a CPU tells in-sync from
     shifted pairs on clips it did not train on, well above chance."""
-    config = tiny_config(syncnet_media, tmp_path / "run", held_out)
+    config = tiny_syncnet_config(syncnet_media, tmp_path / "run", held_out)
     result = train_syncnet(config, progress=False)
 
     assert result.steps == config.max_steps and result.start_step == 0
@@ -153,7 +130,7 @@ def test_tiny_syncnet_separates_held_out_pairs(
 
 def test_rerun_resumes_from_its_step(syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    short = tiny_config(syncnet_media, out, held_out, max_steps=12, eval_every=6, checkpoint_every=6)
+    short = tiny_syncnet_config(syncnet_media, out, held_out, max_steps=12, eval_every=6, checkpoint_every=6)
     first = train_syncnet(short, progress=False)
     assert (first.steps, first.start_step) == (12, 0)
     weights = load_syncnet(first.checkpoint)[0].state_dict()
@@ -168,18 +145,22 @@ def test_rerun_resumes_from_its_step(syncnet_media: Path, held_out: tuple[str, .
 
 
 def test_max_seconds_stops_a_run(syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path) -> None:
-    config = tiny_config(syncnet_media, tmp_path / "run", held_out, max_steps=100_000, max_seconds=1.0)
+    config = tiny_syncnet_config(
+        syncnet_media, tmp_path / "run", held_out, max_steps=100_000, max_seconds=1.0
+    )
     result = train_syncnet(config, progress=False)
     assert 0 < result.steps < 100_000
     assert result.checkpoint.is_file()
 
 
 def test_init_must_match_the_config(syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path) -> None:
-    first = train_syncnet(tiny_config(syncnet_media, tmp_path / "a", held_out, max_steps=2), progress=False)
-    other = tiny_config(syncnet_media, tmp_path / "b", held_out, init=first.checkpoint, image_size=48)
+    first = train_syncnet(
+        tiny_syncnet_config(syncnet_media, tmp_path / "a", held_out, max_steps=2), progress=False
+    )
+    other = tiny_syncnet_config(syncnet_media, tmp_path / "b", held_out, init=first.checkpoint, image_size=48)
     with pytest.raises(ConfigError, match="init checkpoint"):
         train_syncnet(other, progress=False)
-    same = tiny_config(syncnet_media, tmp_path / "c", held_out, init=first.checkpoint, max_steps=2)
+    same = tiny_syncnet_config(syncnet_media, tmp_path / "c", held_out, init=first.checkpoint, max_steps=2)
     assert train_syncnet(same, progress=False).steps == 2
 
 

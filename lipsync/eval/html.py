@@ -14,7 +14,7 @@ from lipsync.eval.report import EvalReport, Metric
 
 PLOT_WIDTH = 900  # px
 PLOT_HEIGHT = 180  # px
-PLOT_MARGIN = 56  # px, left and bottom, for the axes' labels
+PLOT_MARGIN = 70  # px, left and bottom, for the axes' labels
 GRID_SECONDS = 1.0  # a vertical grid line every second
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 ENVELOPE_COLOUR = "#bbbbbb"
@@ -152,17 +152,14 @@ def render_html(report: EvalReport, thumbnails: Sequence[Thumbnail]) -> str:
     out.append("</table>")
 
     out.append("<h2>Per frame</h2>")
-    sync = [
-        Series("syncnet_v2 framewise confidence", per.sync_confidence_v2, COLOURS[0]),
-        Series("our SyncNet sync probability", per.sync_confidence_own, COLOURS[1]),
-    ]
-    sync = [s for s in sync if s.values]
-    if sync:
-        out.append(
-            _figure(
-                line_plot(sync, per.fps, per.audio_envelope), "Sync confidence against the audio envelope."
-            )
-        )
+    # the two SyncNets' scores have different scales: one plot each
+    for label, values in [
+        ("syncnet_v2 framewise confidence (median-filtered, 9 frames)", per.sync_confidence_v2),
+        ("our SyncNet sync probability per window", per.sync_confidence_own),
+    ]:
+        if values:
+            plot = line_plot([Series(label, values, COLOURS[0])], per.fps, per.audio_envelope)
+            out.append(_figure(plot, f"{label} against the audio envelope (grey)."))
     mouth = [
         Series("mouth opening, generated", per.mouth_opening_generated, COLOURS[0]),
         Series("mouth opening, reference", per.mouth_opening_reference, COLOURS[2]),

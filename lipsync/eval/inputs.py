@@ -16,13 +16,14 @@ import numpy as np
 
 from lipsync.config import AUDIO_SAMPLE_RATE, FaceSettings
 from lipsync.errors import InputError
+from lipsync.eval.lse import LSE_FPS, SAMPLES_PER_VIDEO_FRAME
 from lipsync.face.track import FaceTrack, track_face
 from lipsync.io.audio import load_audio
 from lipsync.io.resample import PresentationResampler, StreamTimes, probe_stream_times, rgb_frames
 from lipsync.io.video import is_image_path
 
-EVAL_FPS = 25  # syncnet_python re-encodes to 25 fps; all metrics share this timeline
-SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // EVAL_FPS  # 640
+EVAL_FPS = LSE_FPS  # syncnet_python re-encodes to 25 fps; all metrics share this timeline
+SAMPLES_PER_FRAME = SAMPLES_PER_VIDEO_FRAME  # 640
 EVAL_FACE_SETTINGS = (
     FaceSettings()
 )  # the v1.5 dub's crop box (10 px below the chin): the region dubbing changes

@@ -12,10 +12,8 @@ Input: (N, 3, 112, 112) RGB in [-1, 1] ((x / 255 - 0.5) / 0.5); output: (N, 512)
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict
+from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 ARCFACE_INPUT_SIZE = 112
 ARCFACE_EMBED_DIM = 512
@@ -208,11 +206,4 @@ def save_random_arcface(path: Path, variant: str = "r18", seed: int = 0) -> Path
         raise ValueError(f"unknown ArcFace variant {variant!r}; choose one of {sorted(IRESNET_LAYERS)}")
     path = Path(path)
     state = _random_state(IRESNET_LAYERS[variant], seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomically(state, path)

@@ -15,8 +15,6 @@ to [-1, 1] and returns the 2048-d global average pool after Mixed_7c. The `fc` l
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict
+from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SOURCE = (
@@ -302,11 +300,4 @@ def save_random_fid_inception(path: Path, seed: int = 0) -> Path:
     """
     path = Path(path)
     state = _random_state(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomically(state, path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -84,6 +86,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a plain state dict of tensors", "download the file again")
     return state
+
+
+def save_atomically(data: Any, path: Path, legacy_format: bool = False) -> Path:
+    """torch.save to a temporary name beside `path`, then rename: a reader never sees half a file.
+    `legacy_format` writes the pre-1.6 (non-zip) format that some released files use."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    try:
+        torch.save(data, tmp, _use_new_zipfile_serialization=not legacy_format)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _listed(keys: list[str]) -> str:

@@ -19,9 +19,7 @@ stacked frame-major on the channel axis: (B, 3F, S/2, S). Audio enters as a Wav2
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,7 +31,7 @@ from torch import Tensor, nn
 
 from lipsync.config import FACE_SIZE, IMAGE_CHANNELS, TRAINING_FPS
 from lipsync.errors import WeightsError
-from lipsync.models.loading import load_strict
+from lipsync.models.loading import load_strict, save_atomically
 
 SyncNetKind = Literal["wav2lip", "stable"]  # the same names as lipsync.train.config.SyncNetKind
 SYNCNET_KINDS: tuple[str, ...] = get_args(SyncNetKind)
@@ -492,15 +490,8 @@ def prepare_faces(faces: Tensor, spec: SyncNetSpec) -> Tensor:
 def save_syncnet(model: SyncNet, spec: SyncNetSpec, path: Path) -> Path:
     """Write {"state_dict", "lipsync_syncnet": spec} (loadable with weights_only=True), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        torch.save({STATE_DICT_KEY: state, SPEC_KEY: asdict(spec)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomically({STATE_DICT_KEY: state, SPEC_KEY: asdict(spec)}, path)
 
 
 def _read_checkpoint(path: Path) -> Any:

@@ -13,8 +13,6 @@ Both branches end in a 1024-d embedding; the distance between the two measures h
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict
+from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 SYNCNET_V2_FILE = "syncnet_v2.model"
 SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
@@ -189,11 +187,4 @@ def save_random_syncnet_v2(path: Path, seed: int = 0) -> Path:
     state = {
         k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith(BATCHNORM_COUNTER)
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(state, tmp, _use_new_zipfile_serialization=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomically(state, path, legacy_format=True)

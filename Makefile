@@ -13,7 +13,7 @@ DEMO_VIDEO ?= $(MEDIA)/talk_c.mp4
 DEMO_AUDIO ?= $(MEDIA)/speech_44k_stereo.wav
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup demo live test lint pytest bench bench-live train-tiny clean
+.PHONY: setup demo eval live test lint pytest bench bench-live train-tiny clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: setup
 	@mkdir -p $(dir $(DEMO_OUT))
 	weights=$$(tools/demo-weights $(LIPSYNC) $(WEIGHTS) $(UNTRAINED_WEIGHTS) $(VERSION)) && \
 	$(LIPSYNC) dub $(DEMO_VIDEO) $(DEMO_AUDIO) -o $(DEMO_OUT) --weights $$weights --version $(VERSION)
+
+# Evaluate the demo dub against its source: out/eval-demo/report.{json,html}. Metrics whose public
+# weights are not in $(EVAL_WEIGHTS) are listed as skipped (see docs/evaluation.md).
+EVAL_WEIGHTS ?= models/eval
+eval: demo
+	$(LIPSYNC) eval $(DEMO_OUT) --reference $(DEMO_VIDEO) --out out/eval-demo --eval-weights $(EVAL_WEIGHTS) --force
 
 # A live avatar in the browser: prepare the demo clip once, then serve http://127.0.0.1:8765
 live: setup

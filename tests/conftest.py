@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,18 @@ def write_clip(source: Path, out: Path, frames: int) -> Path:
         for frame in reader.frames(0, frames):
             writer.write(frame)
     return out
+
+
+def centre_crops(name: str, count: int, step: int = 1) -> np.ndarray:
+    """(count, S, S, 3) centre crops (half the frame's shorter side) of every `step`-th frame of a clip."""
+    from lipsync.io.video import FrameReader, probe_video
+
+    with FrameReader(probe_video(media(name))) as reader:
+        frames = list(reader.frames(0, count * step))[::step]
+    height, width = frames[0].shape[:2]
+    side = min(height, width) // 2
+    top, left = (height - side) // 2, (width - side) // 2
+    return np.stack([frame[top : top + side, left : left + side] for frame in frames])
 
 
 PREPARED_CLIP_SECONDS = 2.6  # talk_b and talk_c (5 s each) give two clips of 62-63 frames each

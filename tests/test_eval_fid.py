@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from lipsync.errors import WeightsError
 from lipsync.eval.fid import FeatureStats, fid_between, frechet_distance, inception_features
-from lipsync.io.video import FrameReader, probe_video
 from lipsync.models.inception_fid import (
     FID_FEATURE_DIM,
     FID_WEIGHTS_FILE,
@@ -20,7 +19,7 @@ from lipsync.models.inception_fid import (
     save_random_fid_inception,
 )
 
-from conftest import media
+from conftest import centre_crops
 
 # torchvision documents 27,161,264 parameters for inception_v3 (1000 classes, with AuxLogits). Without
 # AuxLogits (conv0 768*128 + BN 2*128, conv1 128*768*5*5 + BN 2*768, fc 768*1000 + 1000 = 3,326,696) and
@@ -203,13 +202,7 @@ def test_pool_branches_are_those_of_pytorch_fid(random_inception: Path) -> None:
 @pytest.fixture(scope="module")
 def face_crops() -> np.ndarray:
     """(24, S, S, 3) centre crops (half the frame) of the first frames of talk_b.mp4."""
-    info = probe_video(media("talk_b.mp4"))
-    with FrameReader(info) as reader:
-        frames = list(reader.frames(0, CROPS))
-    height, width = frames[0].shape[:2]
-    side = min(height, width) // 2
-    top, left = (height - side) // 2, (width - side) // 2
-    return np.stack([frame[top : top + side, left : left + side] for frame in frames])
+    return centre_crops("talk_b.mp4", CROPS)
 
 
 def test_fid_of_real_crops_is_zero_against_itself_and_grows_with_noise(

@@ -10,7 +10,6 @@ import torch
 
 from lipsync.errors import WeightsError
 from lipsync.eval.identity import arcface_embeddings, arcface_input, matched_cosine
-from lipsync.io.video import FrameReader, probe_video
 from lipsync.models.arcface import (
     ARCFACE_EMBED_DIM,
     IRESNET_LAYERS,
@@ -20,7 +19,7 @@ from lipsync.models.arcface import (
     save_random_arcface,
 )
 
-from conftest import media
+from conftest import centre_crops
 
 # insightface arcface_torch backbones/iresnet.py: blocks per stage of iresnet18 ... iresnet200.
 REFERENCE_LAYERS = {
@@ -138,13 +137,7 @@ def test_matched_cosine_is_the_diagonal() -> None:
 @pytest.fixture(scope="module")
 def face_crops() -> np.ndarray:
     """(24, S, S, 3) centre crops of every fourth frame of talk_b.mp4 (some head motion between them)."""
-    info = probe_video(media("talk_b.mp4"))
-    with FrameReader(info) as reader:
-        frames = list(reader.frames(0, CROPS * 4))[::4]
-    height, width = frames[0].shape[:2]
-    side = min(height, width) // 2
-    top, left = (height - side) // 2, (width - side) // 2
-    return np.stack([frame[top : top + side, left : left + side] for frame in frames])
+    return centre_crops("talk_b.mp4", CROPS, step=4)
 
 
 def test_csim_of_a_sequence_with_itself_is_one_and_lower_when_shuffled(

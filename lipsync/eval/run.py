@@ -56,13 +56,7 @@ from lipsync.eval.sync_crop import sync_boxes, sync_crop
 from lipsync.face.crop import crop_face
 from lipsync.models.arcface import IResNet, load_arcface
 from lipsync.models.device import resolve_device
-from lipsync.models.eval_weights import (
-    ARCFACE_SOURCE,
-    INCEPTION_SOURCE,
-    SYNCNET_V2_SOURCE,
-    EvalWeightFiles,
-    is_untrained_file,
-)
+from lipsync.models.eval_weights import SOURCES, EvalWeightFiles, is_untrained_file
 from lipsync.models.inception_fid import FidInceptionV3, load_fid_inception
 from lipsync.models.syncnet import load_syncnet
 from lipsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
@@ -125,18 +119,18 @@ def _load_networks(
     elif weights.syncnet_v2.is_file():
         nets.syncnet_v2 = load_syncnet_v2(weights.syncnet_v2, device)
     else:
-        nets.missing["lse"] = f"needs {weights.syncnet_v2}: {SYNCNET_V2_SOURCE}"
+        nets.missing["lse"] = f"needs {weights.syncnet_v2} ({SOURCES['syncnet_v2']})"
     if not reference:
         nets.missing["fid"] = nets.missing["csim"] = NO_REFERENCE
     else:
         if weights.inception.is_file():
             nets.inception = load_fid_inception(weights.inception, device)
         else:
-            nets.missing["fid"] = f"needs {weights.inception}: {INCEPTION_SOURCE}"
+            nets.missing["fid"] = f"needs {weights.inception} ({SOURCES['inception']})"
         if weights.arcface.is_file():
             nets.arcface, _ = load_arcface(weights.arcface, device)
         else:
-            nets.missing["csim"] = f"needs {weights.arcface}: {ARCFACE_SOURCE}"
+            nets.missing["csim"] = f"needs {weights.arcface} ({SOURCES['arcface']})"
     if weights.syncnet is None:
         nets.missing["own"] = "needs --syncnet CHECKPOINT (from `lipsync train syncnet`)"
     elif not speech:

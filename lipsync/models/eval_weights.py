@@ -19,17 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lipsync.errors import WeightsError
-from lipsync.models.arcface import save_random_arcface
-from lipsync.models.inception_fid import FID_WEIGHTS_FILE, save_random_fid_inception
-from lipsync.models.syncnet_v2 import SYNCNET_V2_FILE, save_random_syncnet_v2
+from lipsync.models.arcface import ARCFACE_SOURCE, save_random_arcface
+from lipsync.models.inception_fid import FID_WEIGHTS_FILE, FID_WEIGHTS_SOURCE, save_random_fid_inception
+from lipsync.models.syncnet_v2 import SYNCNET_V2_FILE, SYNCNET_V2_SOURCE, save_random_syncnet_v2
 from lipsync.models.weights import UNTRAINED_MARKER
 
 DEFAULT_EVAL_WEIGHTS = Path(os.environ.get("LIPSYNC_EVAL_WEIGHTS", "models/eval"))
 ARCFACE_FILE = "backbone.pth"  # the name insightface's arcface_torch releases give the iresnet weights
 
-SYNCNET_V2_SOURCE = f"{SYNCNET_V2_FILE} from joonson/syncnet_python (its download_model.sh)"
-INCEPTION_SOURCE = f"{FID_WEIGHTS_FILE}, pytorch-fid's InceptionV3 (mseitzer/pytorch-fid releases)"
-ARCFACE_SOURCE = f"an ArcFace iresnet {ARCFACE_FILE} from insightface arcface_torch (e.g. ms1mv3 r100)"
+
+SOURCES = {  # where each file comes from, for the skipped entries
+    "syncnet_v2": SYNCNET_V2_SOURCE,
+    "inception": FID_WEIGHTS_SOURCE,
+    "arcface": ARCFACE_SOURCE,
+}
 
 
 @dataclass(frozen=True)

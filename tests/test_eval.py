@@ -232,6 +232,8 @@ def test_cli_eval_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "not empty" in capsys.readouterr().err
     assert main(["eval", clip]) == 2
     assert "--out" in capsys.readouterr().err
+    assert main(["eval", clip, "--out", str(tmp_path / "c"), "--inception", str(tmp_path / "typo.pth")]) == 2
+    assert "--inception" in capsys.readouterr().err and not (tmp_path / "c").exists()
     (tmp_path / "bad.json").write_text("{}")
     assert main(["eval", "--compare", str(tmp_path / "bad.json")]) == 2
     assert "not a lipsync evaluation report" in capsys.readouterr().err

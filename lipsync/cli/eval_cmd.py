@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lipsync.cli.options import positive_int
-from lipsync.errors import InputError
+from lipsync.errors import InputError, WeightsError
 from lipsync.models.eval_weights import DEFAULT_EVAL_WEIGHTS
 
 DESCRIPTION = (
@@ -67,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from lipsync.eval.run import EvalOptions, evaluate
     from lipsync.models.eval_weights import EvalWeightFiles
 
+    for option, given in [
+        ("--syncnet-v2", args.syncnet_v2),
+        ("--inception", args.inception),
+        ("--arcface", args.arcface),
+    ]:
+        if given is not None and not given.is_file():  # a file asked for by name is not silently skipped
+            raise WeightsError(f"{option} {given} does not exist", "give the path of the weight file")
     weights = EvalWeightFiles.in_folder(
         args.eval_weights, args.syncnet_v2, args.inception, args.arcface, args.syncnet
     )

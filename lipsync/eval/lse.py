@@ -21,7 +21,6 @@ means the video lags the audio (the audio leads) by d frames; a negative one, th
 from __future__ import annotations
 
 import warnings
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +31,7 @@ from scipy.signal import medfilt
 from torch import Tensor
 
 from lipsync.errors import InputError
+from lipsync.eval.windows import SlidingWindowEmbedder
 from lipsync.io.audio import to_pcm16
 from lipsync.models.syncnet_v2 import (
     SYNCNET_V2_CHANNELS,
@@ -121,16 +121,16 @@ class VideoWindowEmbedder:
         _batches(0, batch_size)  # validates
         self.model = model
         self.device = device
-        self.batch_size = batch_size
-        self.frames_added = 0
-        self._frames: deque[Tensor] = deque()  # (3, 224, 224) uint8 BGR
-        self._embeddings: list[Tensor] = []
-        self._embedded = 0  # windows embedded so far
+        self._windows = SlidingWindowEmbedder(SYNCNET_V2_FRAMES, batch_size, self._embed)
+
+    @property
+    def frames_added(self) -> int:
+        return self._windows.frames_added
 
     @property
     def frames_held(self) -> int:
         """Frames buffered now (at most batch_size + 4)."""
-        return len(self._frames)
+        return self._windows.frames_held
 
     def add(self, crop_bgr: np.ndarray) -> None:
         """Append one (224, 224, 3) uint8 BGR face crop."""
@@ -139,35 +139,16 @@ class VideoWindowEmbedder:
             raise ValueError(
                 f"expected a ({size}, {size}, 3) uint8 crop, got {crop_bgr.shape} {crop_bgr.dtype}"
             )
-        self._frames.append(torch.from_numpy(np.ascontiguousarray(crop_bgr)).permute(2, 0, 1).contiguous())
-        self.frames_added += 1
-        if len(self._frames) >= self.batch_size + SYNCNET_V2_FRAMES - 1:
-            self._embed(self.batch_size)
+        self._windows.add(torch.from_numpy(np.ascontiguousarray(crop_bgr)).permute(2, 0, 1).contiguous())
 
-    def _embed(self, windows: int) -> None:
-        """Embed the `windows` windows starting at the first buffered frame, then drop their first frames."""
-        frames = torch.stack(list(self._frames)[: windows + SYNCNET_V2_FRAMES - 1])  # (L, 3, H, W) uint8
-        # (windows, 5, 3, H, W) -> (windows, 3, 5, H, W), BGR 0..255 as floats
-        batch = torch.stack([frames[t : t + SYNCNET_V2_FRAMES] for t in range(windows)])
-        batch = batch.permute(0, 2, 1, 3, 4).float()
-        with torch.inference_mode():
-            self._embeddings.append(self.model.forward_lip(batch.to(self.device)).float().cpu())
-        self._embedded += windows
-        for _ in range(windows):
-            self._frames.popleft()
+    def _embed(self, windows: Tensor) -> Tensor:
+        """(windows, 5, 3, H, W) uint8 BGR -> (windows, 3, 5, H, W) floats 0..255 -> embeddings."""
+        return self.model.forward_lip(windows.permute(0, 2, 1, 3, 4).float().to(self.device))
 
     def finish(self, count: int) -> Tensor:
         """(count, D) embeddings of windows t..t+4 for t < count; needs count + 4 frames added."""
-        if count < 0 or count + SYNCNET_V2_FRAMES - 1 > self.frames_added:
-            raise ValueError(
-                f"{count} windows need {count + SYNCNET_V2_FRAMES - 1} frames, {self.frames_added} were added"
-            )
-        remaining = count - self._embedded
-        if remaining > 0:
-            self._embed(remaining)
-        if not self._embeddings:
-            return torch.zeros((0, SYNCNET_V2_EMBED_DIM))
-        return torch.cat(self._embeddings)[:count]
+        embeddings = self._windows.finish(count)
+        return embeddings if embeddings is not None else torch.zeros((0, SYNCNET_V2_EMBED_DIM))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ when the video lags the audio.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipsync.eval.lse import VSHIFT
+from lipsync.eval.windows import SlidingWindowEmbedder
 from lipsync.models.syncnet import SyncNet, SyncNetSpec, lower_half, sync_probability
 from lipsync.train.data.mel import mel_window, syncnet_mel
 from lipsync.train.sampling import crops_to_images
@@ -41,36 +41,23 @@ class OwnSyncScorer:
         self._spec = spec
         self._device = device
         self._batch = batch_size
-        self._frames: deque[Tensor] = deque()
-        self._next_window = 0
-        self._embeddings: list[Tensor] = []
+        self._windows = SlidingWindowEmbedder(spec.frames, batch_size, self._embed)
 
     def add(self, face_crop: np.ndarray) -> None:
         """One frame's (256, 256, 3) uint8 RGB dub crop."""
         image = crops_to_images(face_crop[None])
-        self._frames.append(lower_half(image, self._spec.image_size)[0])
-        if len(self._frames) >= self._batch + self._spec.frames - 1:
-            self._embed(self._batch)
+        self._windows.add(lower_half(image, self._spec.image_size)[0])
 
-    def _embed(self, windows: int) -> None:
-        if windows <= 0:
-            return
-        frames = list(self._frames)
-        count = self._spec.frames
-        stacked = torch.stack([torch.cat(frames[i : i + count]) for i in range(windows)])
-        with torch.inference_mode():
-            self._embeddings.append(self._model.embed_faces(stacked.to(self._device)).float().cpu())
-        for _ in range(windows):
-            self._frames.popleft()
-        self._next_window += windows
+    def _embed(self, windows: Tensor) -> Tensor:
+        """(windows, F, 3, S/2, S) -> frames stacked frame-major on channels, as in training -> embeddings."""
+        return self._model.embed_faces(windows.flatten(1, 2).to(self._device))
 
     def finish(self, samples: np.ndarray, frame_count: int) -> OwnSyncResult | None:
         """Score against 16 kHz speech aligned with frame 0; None if the video is shorter than a window."""
-        windows = frame_count - self._spec.frames + 1
-        self._embed(windows - self._next_window)
-        if windows < 1 or not self._embeddings:
+        windows = max(0, frame_count - self._spec.frames + 1)
+        vision = self._windows.finish(windows)
+        if vision is None:
             return None
-        vision = torch.cat(self._embeddings)[:windows]
         mel = syncnet_mel(samples)
         audio_windows = np.stack([mel_window(mel, t, self._spec.frames) for t in range(windows)])
         mels = torch.from_numpy(audio_windows).unsqueeze(1)

@@ -6,9 +6,11 @@ Constants named here come from the MuseTalk reference implementation and papers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 # --- MuseTalk model geometry (reference §0, §1.5, §1.6) -------------------------------------------
 FACE_SIZE = 256  # face crop side fed to the VAE
@@ -113,12 +115,44 @@ class RuntimeSettings:
 class DubSettings:
     """Everything `lipsync dub` needs besides the input and output paths."""
 
-    version: ModelVersion = "v15"
+    model: str | None = None  # model family; None: the one the weights folder holds
+    version: ModelVersion = "v15"  # MuseTalk weights: v15 (1.5) or v1 (1.0)
     face: FaceSettings = FaceSettings()
     runtime: RuntimeSettings = RuntimeSettings()
-    silence: SilenceMode = "keep"
-    image_fps: Fraction = DEFAULT_IMAGE_FPS
-    audio_features: AudioFeatureMode = "segment"
+    silence: SilenceMode = "keep"  # keep: the source mouth where the speech is silent; generate: always new
+    image_fps: Fraction = DEFAULT_IMAGE_FPS  # frame rate given to a photo input
+    audio_features: AudioFeatureMode = "segment"  # segment: whole-file, as trained; sliding: as a stream
+
+    def with_options(self, **options: Any) -> DubSettings:
+        """A copy with options changed by name: any field here or of `face` and `runtime` (bbox_shift=5,
+        batch_size=4, silence="generate", ...). An unknown name raises TypeError listing the known ones."""
+        top, face, runtime = {}, {}, {}
+        for name, value in options.items():
+            if name in _FIELDS[FaceSettings]:
+                face[name] = value
+            elif name in _FIELDS[RuntimeSettings]:
+                runtime[name] = value
+            elif name in _FIELDS[DubSettings] - {"face", "runtime"}:
+                top[name] = value
+            else:
+                known = sorted(
+                    (_FIELDS[DubSettings] - {"face", "runtime"})
+                    | _FIELDS[FaceSettings]
+                    | _FIELDS[RuntimeSettings]
+                )
+                raise TypeError(f"unknown dubbing option {name!r}; the options are: {', '.join(known)}")
+        if (
+            "version" in top
+            and "extra_margin" not in face
+            and self.face.extra_margin == default_extra_margin(self.version)
+        ):
+            face["extra_margin"] = default_extra_margin(top["version"])
+        return replace(self, face=replace(self.face, **face), runtime=replace(self.runtime, **runtime), **top)
+
+
+_FIELDS: dict[type, set[str]] = {
+    cls: {f.name for f in fields(cls)} for cls in (FaceSettings, RuntimeSettings, DubSettings)
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +165,21 @@ class StreamSettings:
     stage_queue_batches: int = 2  # batches waiting between pipeline stages
     max_buffered_frames: int = 50  # finished frames waiting for the consumer (2 s at 25 fps)
     drop_when_full: bool = False  # a full frame buffer drops its oldest frame instead of waiting
+
+
+# --- Folders ---------------------------------------------------------------------------------------
+WEIGHTS_ENV, DEFAULT_WEIGHTS_DIR = "LIPSYNC_WEIGHTS", "models"
+AVATARS_ENV, DEFAULT_AVATARS_DIR = "LIPSYNC_AVATARS", "avatars"
+
+
+def default_weights_dir() -> Path:
+    """$LIPSYNC_WEIGHTS, else ./models."""
+    return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_WEIGHTS_DIR))
+
+
+def default_avatars_dir() -> Path:
+    """$LIPSYNC_AVATARS, else ./avatars."""
+    return Path(os.environ.get(AVATARS_ENV, DEFAULT_AVATARS_DIR))
 
 
 # --- Server ----------------------------------------------------------------------------------------

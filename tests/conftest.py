@@ -10,7 +10,8 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.generator import Generator
+    from lipsync.models.musetalk.networks import MuseTalkModels
     from lipsync.train.config import SyncNetTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def media(name: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of tiny, randomly initialised MuseTalk-layout weights (v1 and v1.5)."""
-    from lipsync.models.weights import scaffold_weights
+    from lipsync.models.musetalk.weights import scaffold_weights
 
     root = tmp_path_factory.mktemp("tiny-weights")
     scaffold_weights(root, tiny=True)
@@ -37,18 +38,26 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights: Path) -> MuseTalkModels:
     """The tiny v1.5 models on the CPU in float32 (bfloat16 is slower for such small layers)."""
-    from lipsync.models.loading import load_models
+    from lipsync.models.musetalk.loading import load_models
 
     return load_models(tiny_weights, "v15", torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="session")
-def tiny_avatars(tiny_models: MuseTalkModels, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def tiny_generator(tiny_models: MuseTalkModels, tiny_weights: Path) -> Generator:
+    """The tiny v1.5 models behind the generator interface (what every pipeline takes)."""
+    from lipsync.models.musetalk.generator import MuseTalkGenerator
+
+    return MuseTalkGenerator(tiny_models, tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def tiny_avatars(tiny_generator: Generator, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(avatars folder, name): one avatar prepared from talk_c.mp4 with the tiny v1.5 models."""
     from lipsync.pipeline.avatar import AvatarStore, prepare_avatar
 
     root = tmp_path_factory.mktemp("avatars")
-    prepare_avatar(tiny_models, AvatarStore(root), "talk_c", media("talk_c.mp4"), show_bar=False)
+    prepare_avatar(tiny_generator, AvatarStore(root), "talk_c", media("talk_c.mp4"), show_bar=False)
     return root, "talk_c"
 
 

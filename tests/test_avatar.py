@@ -15,7 +15,7 @@ from lipsync.config import DubSettings, FaceSettings, RuntimeSettings
 from lipsync.errors import NoFaceError
 from lipsync.io.video import probe_video
 from lipsync.io.writer import VideoWriter
-from lipsync.models.loading import MuseTalkModels
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import AvatarError, AvatarStore, load_fresh_avatar, prepare_avatar
 from lipsync.pipeline.dub import DubPipeline
 from lipsync.pipeline.speak import SpeakPipeline
@@ -54,20 +54,20 @@ def own_clip(short_clip: Path, tmp_path: Path) -> Path:
 
 
 def test_speaking_from_an_avatar_equals_dubbing(
-    tiny_models: MuseTalkModels, own_clip: Path, written_frames: list[str], tmp_path: Path
+    tiny_generator: Generator, own_clip: Path, written_frames: list[str], tmp_path: Path
 ) -> None:
     # 5 s of speech over a 0.8 s clip: the output cycles forwards and backwards through it six times,
     # with pauses in the speech where the source mouth is kept.
     speech = media("speech_44k_stereo.wav")
     settings = DubSettings(runtime=BATCH)
-    DubPipeline(tiny_models, settings)(own_clip, speech, tmp_path / "dub.mp4", progress=False)
+    DubPipeline(tiny_generator, settings)(own_clip, speech, tmp_path / "dub.mp4", progress=False)
     dubbed = list(written_frames)
     written_frames.clear()
 
     store = AvatarStore(tmp_path / "avatars")
-    prepare_avatar(tiny_models, store, "me", own_clip, settings, show_bar=False)
-    avatar, rebuilt = load_fresh_avatar(tiny_models, store, "me")
-    summary = SpeakPipeline(tiny_models, settings)(avatar, speech, tmp_path / "speak.mp4", progress=False)
+    prepare_avatar(tiny_generator, store, "me", own_clip, settings, show_bar=False)
+    avatar, rebuilt = load_fresh_avatar(tiny_generator, store, "me")
+    summary = SpeakPipeline(tiny_generator, settings)(avatar, speech, tmp_path / "speak.mp4", progress=False)
     assert rebuilt is None
     assert summary.frames == len(dubbed) == 125
     assert written_frames == dubbed
@@ -75,46 +75,46 @@ def test_speaking_from_an_avatar_equals_dubbing(
 
 
 def test_an_up_to_date_avatar_is_not_rebuilt(
-    tiny_models: MuseTalkModels, own_clip: Path, tmp_path: Path
+    tiny_generator: Generator, own_clip: Path, tmp_path: Path
 ) -> None:
     store = AvatarStore(tmp_path / "avatars")
-    first = prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
-    again = prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
+    first = prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
+    again = prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
     assert (first.rebuilt, again.rebuilt, again.reason) == (True, False, "up to date")
     assert first.info.frame_count == probe_video(own_clip).frame_count == SHORT
     assert [p.name for p in store.root.iterdir()] == ["me"]  # no temporary folders left
 
 
 def test_a_changed_source_or_option_rebuilds_without_asking(
-    tiny_models: MuseTalkModels, own_clip: Path, tmp_path: Path
+    tiny_generator: Generator, own_clip: Path, tmp_path: Path
 ) -> None:
     store = AvatarStore(tmp_path / "avatars")
-    prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
+    prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
     boxes_before = np.load(store.path("me") / "boxes.npy")
 
     shifted = DubSettings(face=FaceSettings(bbox_shift=8))
-    result = prepare_avatar(tiny_models, store, "me", own_clip, shifted, show_bar=False)
+    result = prepare_avatar(tiny_generator, store, "me", own_clip, shifted, show_bar=False)
     assert result.rebuilt and "bbox_shift" in result.reason
     assert not np.array_equal(np.load(store.path("me") / "boxes.npy"), boxes_before)
 
     write_clip(media("talk_b.mp4"), own_clip, 5)  # same path, other content
-    avatar, reason = load_fresh_avatar(tiny_models, store, "me", show_bar=False)
+    avatar, reason = load_fresh_avatar(tiny_generator, store, "me", show_bar=False)
     assert reason is not None and "changed" in reason
     assert avatar.info.width == 844  # talk_b's frames now
     assert store.read_manifest("me")["recipe"]["face"]["bbox_shift"] == 8  # its options were kept
 
 
 def test_a_failed_rebuild_keeps_the_old_avatar(
-    tiny_models: MuseTalkModels, own_clip: Path, tmp_path: Path
+    tiny_generator: Generator, own_clip: Path, tmp_path: Path
 ) -> None:
     store = AvatarStore(tmp_path / "avatars")
-    prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
+    prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
     faceless = tmp_path / "faceless.mp4"
     with VideoWriter(faceless, 25, 64, 64) as writer:
         for _ in range(5):
             writer.write(np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(NoFaceError):
-        prepare_avatar(tiny_models, store, "me", faceless, show_bar=False)
+        prepare_avatar(tiny_generator, store, "me", faceless, show_bar=False)
     assert store.load("me").info.width == 590
     assert [p.name for p in store.root.iterdir()] == ["me"]
 
@@ -130,10 +130,10 @@ def test_a_failed_rebuild_keeps_the_old_avatar(
     ],
 )
 def test_a_damaged_avatar_is_reported(
-    tiny_models: MuseTalkModels, own_clip: Path, tmp_path: Path, damage: object, message: str
+    tiny_generator: Generator, own_clip: Path, tmp_path: Path, damage: object, message: str
 ) -> None:
     store = AvatarStore(tmp_path / "avatars")
-    prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
+    prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
     damage(store.path("me"))  # type: ignore[operator]
     with pytest.raises(AvatarError) as caught:
         store.load("me")
@@ -141,7 +141,7 @@ def test_a_damaged_avatar_is_reported(
     assert "lipsync avatar prepare" in caught.value.fix
     if message.startswith(("manifest", "format")):
         assert message in (store.list()[0].problem or "")  # `avatar list` shows it too
-    repaired = prepare_avatar(tiny_models, store, "me", own_clip, show_bar=False)
+    repaired = prepare_avatar(tiny_generator, store, "me", own_clip, show_bar=False)
     assert repaired.rebuilt and "unusable" in repaired.reason
     assert store.load("me").info.frame_count == SHORT
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from lipsync.config import AUDIO_SAMPLE_RATE, RuntimeSettings
+from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings
 from lipsync.io.audio import load_audio
 
 from conftest import REPO, media
@@ -63,7 +63,9 @@ def server_url(tiny_weights: Path, tiny_avatars: tuple[Path, str]) -> Iterator[s
     from lipsync.server.loadbench import LocalServerOptions, local_server
 
     avatars_root, _ = tiny_avatars
-    options = LocalServerOptions(tiny_weights, avatars_root, runtime=RuntimeSettings(device="cpu"))
+    options = LocalServerOptions(
+        tiny_weights, avatars_root, dub=DubSettings(runtime=RuntimeSettings(device="cpu"))
+    )
     with local_server(options, max_sessions=2) as url:
         yield url
 
@@ -74,7 +76,7 @@ def token_server_url(tiny_weights: Path, tiny_avatars: tuple[Path, str]) -> Iter
 
     avatars_root, _ = tiny_avatars
     options = LocalServerOptions(
-        tiny_weights, avatars_root, runtime=RuntimeSettings(device="cpu"), token=TOKEN
+        tiny_weights, avatars_root, dub=DubSettings(runtime=RuntimeSettings(device="cpu")), token=TOKEN
     )
     with local_server(options, max_sessions=1) as url:
         yield url

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lipsync.cli.main import main
-from lipsync.pipeline.timing import Stage
+from lipsync.timing import Stage
 
 from conftest import media
 

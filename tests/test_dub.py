@@ -26,12 +26,12 @@ CODEC_TOLERANCE = 4.0  # mean absolute difference (0-255) between two H.264 enco
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_weights: Path) -> DubPipeline:
-    return DubPipeline.from_weights(tiny_weights, SETTINGS)
+    return DubPipeline.from_pretrained(tiny_weights, settings=SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def generating_pipeline(pipeline: DubPipeline) -> DubPipeline:
-    return DubPipeline(pipeline.models, GENERATE_ALWAYS)
+    return DubPipeline(pipeline.generator, GENERATE_ALWAYS)
 
 
 def decode_frames(path: Path) -> list[np.ndarray]:

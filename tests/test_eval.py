@@ -43,7 +43,7 @@ def dubbed(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """talk_c re-dubbed with its own speech by the tiny untrained models (the mouth becomes noise)."""
     settings = DubSettings(runtime=RuntimeSettings(device="cpu", dtype="fp32"), silence="generate")
     out = tmp_path_factory.mktemp("dubbed") / "talk_c_dub.mp4"
-    DubPipeline.from_weights(tiny_weights, settings)(
+    DubPipeline.from_pretrained(tiny_weights, settings=settings)(
         media("talk_c.mp4"), media("talk_c.mp4"), out, progress=False
     )
     return out

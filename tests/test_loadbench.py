@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lipsync.cli import loadbench_cmd
-from lipsync.config import AUDIO_SAMPLE_RATE, RuntimeSettings
+from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings
 from lipsync.server.loadbench import (
     LoadBenchError,
     LoadBenchSettings,
@@ -33,7 +33,9 @@ def test_bench_live_counts_and_times_every_speech_frame(
     settings = LoadBenchSettings(
         sessions=(1, 2), chunk_ms=40, pace="fast", seconds=AUDIO_SECONDS, timeout_s=60, warmup=False
     )
-    local = LocalServerOptions(tiny_weights, avatars_root, runtime=RuntimeSettings(device="cpu"))
+    local = LocalServerOptions(
+        tiny_weights, avatars_root, dub=DubSettings(runtime=RuntimeSettings(device="cpu"))
+    )
     report = run_loadbench(settings, media(SPEECH), avatar=name, local=local)
 
     assert report.avatar == name

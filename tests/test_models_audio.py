@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lipsync.config import AUDIO_SAMPLE_RATE, WHISPER_SEGMENT_FRAMES, WHISPER_SEGMENT_SAMPLES
-from lipsync.models.audio_features import AudioFeatureStream, audio_window_start, frame_count_for_audio
-from lipsync.models.loading import MuseTalkModels, load_models
+from lipsync.io.audio import frame_count_for_audio
+from lipsync.models.musetalk.audio_features import AudioFeatureStream, audio_window_start
+from lipsync.models.musetalk.loading import MuseTalkModels, load_models
 
 WHISPER_FRAME = Fraction(1, 50)  # seconds
 WINDOW_LEAD = Fraction(8, 100)  # the window starts 80 ms before the frame

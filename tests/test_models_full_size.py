@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipsync.models.loading import load_models
-from lipsync.models.weights import check_weights, scaffold_weights
+from lipsync.models.musetalk.loading import load_models
+from lipsync.models.musetalk.weights import check_weights, scaffold_weights
 
 FULL_SCAFFOLD_BYTES = 7_500_000_000  # two 3.4 GB UNets, the VAE and whisper, with some headroom
 

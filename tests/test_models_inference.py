@@ -12,9 +12,9 @@ import torch
 from lipsync.config import VAE_SCALING_FACTOR
 from lipsync.errors import LipsyncError
 from lipsync.models.device import resolve_device, resolve_dtype
-from lipsync.models.loading import MuseTalkModels, load_models
-from lipsync.models.unet import positional_encoding, predict_latents
-from lipsync.models.vae import decode_latents, encode_faces
+from lipsync.models.musetalk.loading import MuseTalkModels, load_models
+from lipsync.models.musetalk.unet import positional_encoding, predict_latents
+from lipsync.models.musetalk.vae import decode_latents, encode_faces
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import load_models, read_state_dict
-from lipsync.models.vae import convert_legacy_vae_keys, to_legacy_vae_keys
-from lipsync.models.weights import (
-    UNTRAINED_MARKER,
-    WeightsLayout,
-    check_weights,
-    is_untrained,
-    scaffold_weights,
-)
+from lipsync.models.checkpoint import read_state_dict
+from lipsync.models.musetalk.loading import load_models
+from lipsync.models.musetalk.vae import convert_legacy_vae_keys, to_legacy_vae_keys
+from lipsync.models.musetalk.weights import WeightsLayout, check_weights, scaffold_weights
+from lipsync.models.weights import UNTRAINED_MARKER, WEIGHTS_MANIFEST, is_untrained
 
 CPU = torch.device("cpu")
 
@@ -39,18 +35,27 @@ def test_scaffold_layout_is_complete_and_marked(tiny_weights: Path) -> None:
     report = check_weights(tiny_weights)
     assert report.ok, report.format()
     assert report.untrained and is_untrained(tiny_weights)
-    assert report.versions == ("v1", "v15")
+    assert report.family == "musetalk" and report.title == "MuseTalk v1.0, v1.5"
     for version in ("v1", "v15"):
         for path in WeightsLayout(tiny_weights, version).required_files():
             assert path.is_file(), path
-    marker = json.loads((tiny_weights / UNTRAINED_MARKER).read_text())
-    assert marker["untrained"] is True and marker["tiny"] is True
+    manifest = json.loads((tiny_weights / WEIGHTS_MANIFEST).read_text())
+    assert manifest["format"] == "lipsync-weights"
+    assert manifest["models"]["musetalk"] == {
+        "size": "tiny",
+        "training": {},
+        "untrained": True,
+        "version": "v15",
+    }
+    assert not (tiny_weights / UNTRAINED_MARKER).exists()
     unet = json.loads((tiny_weights / "musetalkV15" / "musetalk.json").read_text())
     assert unet["_class_name"] == "UNet2DConditionModel" and unet["in_channels"] == 8
 
 
 def test_is_untrained_false_without_marker(tmp_path: Path) -> None:
     assert not is_untrained(tmp_path)
+    (tmp_path / UNTRAINED_MARKER).write_text('{"untrained": true}')  # scaffolds made before lipsync.json
+    assert is_untrained(tmp_path)
 
 
 def test_check_reports_missing_with_sources(weights_copy: Path) -> None:

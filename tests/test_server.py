@@ -178,7 +178,7 @@ def still_photo(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine_parts(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, str]:
+def engine_parts(tiny_generator: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, str]:
     """(models, store, name): the tiny models and a store with one avatar made from a still of talk_c.mp4.
 
     A still prepares in well under a second (the 125-frame clip takes many); the server treats both alike.
@@ -187,8 +187,8 @@ def engine_parts(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 
     folder = tmp_path_factory.mktemp("server-avatars")
     store = AvatarStore(folder / "avatars")
-    prepare_avatar(tiny_models, store, "still", still_photo(folder), show_bar=False)
-    return tiny_models, store, "still"
+    prepare_avatar(tiny_generator, store, "still", still_photo(folder), show_bar=False)
+    return tiny_generator, store, "still"
 
 
 @pytest.fixture(scope="module")

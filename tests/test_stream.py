@@ -14,11 +14,11 @@ import pytest
 
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings, StreamSettings
 from lipsync.io.audio import Audio, load_audio
-from lipsync.models.loading import MuseTalkModels
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import Avatar, AvatarStore
 from lipsync.pipeline.speak import SpeakPipeline
 from lipsync.pipeline.stream import StreamFrame, StreamSession, _Turn
-from lipsync.pipeline.timing import StageTimes
+from lipsync.timing import StageTimes
 
 from conftest import media
 
@@ -27,7 +27,7 @@ SETTINGS = StreamSettings(batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")
-def avatar(tiny_models: MuseTalkModels, tiny_avatars: tuple[Path, str]) -> Avatar:
+def avatar(tiny_generator: Generator, tiny_avatars: tuple[Path, str]) -> Avatar:
     return AvatarStore(tiny_avatars[0]).load(tiny_avatars[1])
 
 
@@ -40,11 +40,11 @@ def speech() -> Audio:
 
 
 @pytest.fixture(scope="module")
-def offline_frames(tiny_models: MuseTalkModels, avatar: Avatar, speech: Audio) -> list[np.ndarray]:
+def offline_frames(tiny_generator: Generator, avatar: Avatar, speech: Audio) -> list[np.ndarray]:
     settings = DubSettings(
         silence="generate", audio_features="sliding", runtime=RuntimeSettings(batch_size=BATCH)
     )
-    return list(SpeakPipeline(tiny_models, settings).frames(avatar, speech, StageTimes()))
+    return list(SpeakPipeline(tiny_generator, settings).frames(avatar, speech, StageTimes()))
 
 
 def stream_turn(session: StreamSession, samples: np.ndarray, chunk_sizes: list[int]) -> list[StreamFrame]:
@@ -59,11 +59,11 @@ def stream_turn(session: StreamSession, samples: np.ndarray, chunk_sizes: list[i
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_streamed_frames_equal_offline_frames_whatever_the_chunks(
-    tiny_models: MuseTalkModels, avatar: Avatar, speech: Audio, offline_frames: list[np.ndarray], seed: int
+    tiny_generator: Generator, avatar: Avatar, speech: Audio, offline_frames: list[np.ndarray], seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     sizes = [int(n) for n in rng.integers(1, 6000, size=40)]  # from one sample to ~0.4 s
-    with StreamSession(tiny_models, avatar, SETTINGS) as session:
+    with StreamSession(tiny_generator, avatar, SETTINGS) as session:
         frames = stream_turn(session, speech.samples, sizes)
     expected = math.floor(len(speech.samples) * avatar.fps / AUDIO_SAMPLE_RATE)
     assert len(frames) == len(offline_frames) == expected == 57
@@ -73,9 +73,9 @@ def test_streamed_frames_equal_offline_frames_whatever_the_chunks(
 
 
 def test_frames_carry_their_own_audio_and_time(
-    tiny_models: MuseTalkModels, avatar: Avatar, speech: Audio
+    tiny_generator: Generator, avatar: Avatar, speech: Audio
 ) -> None:
-    with StreamSession(tiny_models, avatar, SETTINGS) as session:
+    with StreamSession(tiny_generator, avatar, SETTINGS) as session:
         frames = stream_turn(session, speech.samples, [AUDIO_SAMPLE_RATE])
     pcm = np.concatenate([f.audio for f in frames])
     assert [f.index for f in frames] == list(range(len(frames)))
@@ -87,10 +87,10 @@ def test_frames_carry_their_own_audio_and_time(
 
 
 def test_idle_frames_fill_the_gaps_and_the_cycle_continues(
-    tiny_models: MuseTalkModels, avatar: Avatar, speech: Audio
+    tiny_generator: Generator, avatar: Avatar, speech: Audio
 ) -> None:
     short = speech.samples[: AUDIO_SAMPLE_RATE // 2]  # 12 frames
-    with StreamSession(tiny_models, avatar, SETTINGS) as session:
+    with StreamSession(tiny_generator, avatar, SETTINGS) as session:
         session.add_idle(6)
         idle = [session.get(timeout=10) for _ in range(6)]
         first_turn = stream_turn(session, short, [1000, 3000])
@@ -118,9 +118,9 @@ def test_frame_count_follows_the_samples_exactly_over_a_long_session() -> None:
         assert sizes <= {math.floor(AUDIO_SAMPLE_RATE / fps), math.ceil(AUDIO_SAMPLE_RATE / fps)}
 
 
-def test_a_slow_consumer_drops_frames_instead_of_growing(tiny_models: MuseTalkModels, avatar: Avatar) -> None:
+def test_a_slow_consumer_drops_frames_instead_of_growing(tiny_generator: Generator, avatar: Avatar) -> None:
     settings = StreamSettings(batch_size=BATCH, max_buffered_frames=5, drop_when_full=True)
-    with StreamSession(tiny_models, avatar, settings) as session:
+    with StreamSession(tiny_generator, avatar, settings) as session:
         session.add_idle(40)
         deadline = time.monotonic() + 20
         while session.dropped < 35 and time.monotonic() < deadline:
@@ -130,12 +130,12 @@ def test_a_slow_consumer_drops_frames_instead_of_growing(tiny_models: MuseTalkMo
         assert session.get(timeout=1).index == 35  # type: ignore[union-attr]  # the newest frames are kept
 
 
-def test_closing_frees_the_stage_threads(tiny_models: MuseTalkModels, avatar: Avatar, speech: Audio) -> None:
+def test_closing_frees_the_stage_threads(tiny_generator: Generator, avatar: Avatar, speech: Audio) -> None:
     def stage_threads() -> int:
         return sum(t.name.startswith("lipsync-stream") for t in threading.enumerate())
 
     before = stage_threads()
-    session = StreamSession(tiny_models, avatar, SETTINGS)
+    session = StreamSession(tiny_generator, avatar, SETTINGS)
     session.push_audio(speech.samples)  # closed mid-turn, with work in every stage
     time.sleep(0.5)
     assert stage_threads() == before + 3
@@ -144,6 +144,6 @@ def test_closing_frees_the_stage_threads(tiny_models: MuseTalkModels, avatar: Av
     assert stage_threads() == before
 
 
-def test_bad_audio_is_refused(tiny_models: MuseTalkModels, avatar: Avatar) -> None:
-    with StreamSession(tiny_models, avatar, SETTINGS) as session, pytest.raises(ValueError, match="mono"):
+def test_bad_audio_is_refused(tiny_generator: Generator, avatar: Avatar) -> None:
+    with StreamSession(tiny_generator, avatar, SETTINGS) as session, pytest.raises(ValueError, match="mono"):
         session.push_audio(np.zeros((2, 100), np.float32))

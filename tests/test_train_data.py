@@ -196,7 +196,7 @@ def test_other_settings_on_an_existing_dataset_are_refused(source_dir: Path, pre
 
 
 def test_whisper_features_are_computed_once(prepared_copy: Path, tiny_weights: Path) -> None:
-    from lipsync.models.loading import load_models
+    from lipsync.models.musetalk.loading import load_models
 
     models = load_models(tiny_weights, "v15", torch.device("cpu"), torch.float32)
     weights_id = whisper_weights_id(tiny_weights)

@@ -33,7 +33,7 @@ from lipsync.train.sampling import (
 )
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.loading import MuseTalkModels
 
 METHODS: tuple[SamplingMethod, ...] = ("random", "pose_aligned", "mouth_dissimilar", "sis")
 

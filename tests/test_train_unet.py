@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from lipsync.cli.main import main
 from lipsync.io.video import probe_video
-from lipsync.models.loading import load_models
+from lipsync.models.musetalk.loading import load_models
 from lipsync.models.syncnet import SyncNetSpec, build_syncnet, save_syncnet
 from lipsync.train.config import (
     ConfigError,
@@ -78,9 +79,10 @@ def test_stage1_lowers_validation_l1_and_exports_for_dub(
     # The export is a weights folder the inference pipeline loads as is.
     export = result.export_dir
     assert export is not None
-    info = json.loads((export / "musetalkV15" / "lipsync-training.json").read_text())
+    entry = json.loads((export / "lipsync.json").read_text())["models"]["musetalk"]
+    info = entry["training"]
     assert info["audio_window"] == 5 and info["steps"] == 40 and info["stage"] == 1
-    assert (export / "UNTRAINED.json").is_file()  # the frozen parts were untrained scaffolds
+    assert entry["untrained"] is True  # the frozen parts were untrained scaffolds
     out = tmp_path / "dubbed.mp4"
     inputs = [str(media("talk_c.mp4")), str(media("speech_44k_stereo.wav"))]
     options = ["--weights", str(export), "--device", "cpu", "--dtype", "fp32", "-q"]
@@ -163,6 +165,15 @@ def test_audio_window_is_stored_with_the_export_and_used_by_inference(
     export = trainer.export()
     models = load_models(export, "v15", torch.device("cpu"), torch.float32)
     assert models.audio_window == 3
+
+
+def test_exports_made_before_lipsync_json_still_give_their_audio_window(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    old = Path(shutil.copytree(tiny_weights, tmp_path / "old-export"))
+    (old / "lipsync.json").unlink()
+    (old / "musetalkV15" / "lipsync-training.json").write_text('{"audio_window": 7, "stage": 1}')
+    assert load_models(old, "v15", torch.device("cpu"), torch.float32).audio_window == 7
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

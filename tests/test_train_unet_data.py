@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lipsync.config import FACE_SIZE, TRAINING_FPS, WHISPER_HIDDEN_SIZE
-from lipsync.models.audio_features import AudioFeatureStream, audio_window_start
+from lipsync.models.musetalk.audio_features import AudioFeatureStream, audio_window_start
 from lipsync.train.config import DataConfig, MarginConfig, SamplingConfig, SamplingMethod, UNetTrainConfig
 from lipsync.train.data.format import DatasetError, list_clips, read_clip
 from lipsync.train.data.mel import mel_columns, mel_window
@@ -34,7 +34,7 @@ from lipsync.train.unet_data import (
 from conftest import media
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.loading import MuseTalkModels
 
 SHARED_DATASET = "unet-data-talk_c"  # built once per session, shared with test_train_sampling.py
 DONE = "DONE"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lipsync.cli.options import (
     add_avatars_option,
     add_face_options,
+    add_image_fps_option,
     add_model_options,
     add_speech_options,
     settings_from_args,
@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("video", type=Path, help="video (or photo) of the person")
     prepare.add_argument("--name", required=True, help="avatar name: letters, digits, '_', '-', '.'")
     prepare.add_argument("--force", action="store_true", help="rebuild even if it is up to date")
-    prepare.add_argument("--image-fps", type=Fraction, default=Fraction(25), help="frame rate for a photo")
+    add_image_fps_option(prepare)
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_avatars_option(prepare)
     add_model_options(prepare)
@@ -77,15 +77,15 @@ def _prepare(args: argparse.Namespace, store: AvatarStore) -> int:
     from lipsync.pipeline.avatar import prepare_avatar
     from lipsync.pipeline.dub import UNTRAINED_LABEL, DubPipeline
 
-    settings = settings_from_args(args)
-    models = DubPipeline.from_weights(args.weights, settings).models
+    pipeline = DubPipeline.from_pretrained(args.weights, settings=settings_from_args(args))
+    generator = pipeline.generator
     result = prepare_avatar(
-        models, store, args.name, args.video, settings, force=args.force, show_bar=not args.quiet
+        generator, store, args.name, args.video, pipeline.settings, force=args.force, show_bar=not args.quiet
     )
     verb = f"prepared ({result.reason})" if result.rebuilt else "is up to date; nothing to do"
     print(f"avatar {args.name} {verb} in {result.seconds:.1f} s")
     print(f"  {result.info.format()}")
-    if models.untrained:
+    if generator.untrained:
         print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
     return 0
 
@@ -95,11 +95,11 @@ def _speak(args: argparse.Namespace, store: AvatarStore) -> int:
     from lipsync.pipeline.dub import DubPipeline
     from lipsync.pipeline.speak import SpeakPipeline
 
-    settings = settings_from_args(args)
-    models = DubPipeline.from_weights(args.weights, settings).models
-    avatar, rebuilt = load_fresh_avatar(models, store, args.name, show_bar=not args.quiet)
+    pipeline = DubPipeline.from_pretrained(args.weights, settings=settings_from_args(args))
+    avatar, rebuilt = load_fresh_avatar(pipeline.generator, store, args.name, show_bar=not args.quiet)
     if rebuilt:
         print(f"rebuilt avatar {args.name}: {rebuilt}", file=sys.stderr)
-    summary = SpeakPipeline(models, settings)(avatar, args.audio, args.output, progress=not args.quiet)
+    speak = SpeakPipeline(pipeline.generator, pipeline.settings)
+    summary = speak(avatar, args.audio, args.output, progress=not args.quiet)
     print(summary.format())
     return 0

@@ -77,7 +77,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.weights is not None:
         import torch
 
-        from lipsync.models.loading import load_models
+        from lipsync.models.musetalk.loading import load_models
         from lipsync.train.data.features import ensure_whisper_features, whisper_weights_id
 
         weights_id = whisper_weights_id(args.weights)

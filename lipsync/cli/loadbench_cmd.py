@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lipsync.cli.options import DEFAULT_AVATARS, DEFAULT_WEIGHTS
-from lipsync.config import RuntimeSettings
+from lipsync.cli.options import add_avatars_option, add_model_options, settings_from_args
 
 DEFAULT_AUDIO = Path("../shared/media/speech_44k_stereo.wav")
 DEFAULT_SESSIONS = "1,2,4"
@@ -32,25 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the --url server's token (default $LIPSYNC_TOKEN)",
     )
     bench.add_argument("--avatar", help="prepared avatar to use (default: the first the server lists)")
-    bench.add_argument(
-        "--avatars",
-        type=Path,
-        default=DEFAULT_AVATARS,
-        help="folder of prepared avatars for the in-process server (default: $LIPSYNC_AVATARS or ./avatars)",
-    )
-    bench.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        help="weights for the in-process server (default: $LIPSYNC_WEIGHTS or ./models)",
-    )
-    bench.add_argument(
-        "--version", dest="model_version", choices=["v15", "v1"], default="v15", help="MuseTalk weights"
-    )
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    bench.add_argument(
-        "--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: fp16 GPU, bf16 CPU"
-    )
+    add_avatars_option(bench)  # these and the model options serve the in-process server
+    add_model_options(bench, batch=False)
     bench.add_argument(
         "--audio",
         type=Path,
@@ -122,12 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     local = None
     if args.url is None:
-        local = LocalServerOptions(
-            weights=args.weights,
-            avatars=args.avatars,
-            version=args.model_version,
-            runtime=RuntimeSettings(device=args.device, dtype=args.dtype),
-        )
+        local = LocalServerOptions(weights=args.weights, avatars=args.avatars, dub=settings_from_args(args))
     report = run_loadbench(settings, args.audio, args.avatar, args.url, args.token, local, progress=_progress)
     print(report.format())
     if args.json is not None:

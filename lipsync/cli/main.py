@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 from lipsync import __version__
 from lipsync.cli import avatar_cmd, data_cmd, eval_cmd, loadbench_cmd, serve_cmd, train_cmd
 from lipsync.cli.options import (
-    DEFAULT_WEIGHTS,
     add_face_options,
+    add_image_fps_option,
     add_model_options,
     add_speech_options,
     settings_from_args,
+    with_flags,
 )
+from lipsync.config import default_weights_dir
 from lipsync.errors import LipsyncError
+from lipsync.models.families import DEFAULT_FAMILY, FAMILY_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,21 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(dub)
     add_face_options(dub)
     add_speech_options(dub)
-    dub.add_argument("--image-fps", type=Fraction, default=Fraction(25), help="frame rate for a photo input")
+    add_image_fps_option(dub)
     dub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     weights = commands.add_parser("weights", help="check or scaffold a weights folder")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     check = weights_commands.add_parser("check", help="which expected files are present, missing, malformed")
-    check.add_argument("dir", type=Path, nargs="?", default=DEFAULT_WEIGHTS)
+    check.add_argument("dir", type=Path, nargs="?", default=default_weights_dir())
     check.add_argument(
-        "--version", dest="model_version", choices=["v1", "v15"], default=None, help="check one version only"
+        "--model", choices=FAMILY_NAMES, help="check one family only (default: those it holds)"
     )
+    check.add_argument("--version", dest="model_version", default=None, help="check one version only")
     scaffold = weights_commands.add_parser(
         "scaffold", help="write randomly initialised (UNTRAINED) weights in the expected layout"
     )
     scaffold.add_argument("dir", type=Path)
     scaffold.add_argument("--tiny", action="store_true", help="tiny models for tests and CI")
+    scaffold.add_argument(
+        "--model",
+        choices=FAMILY_NAMES,
+        default=DEFAULT_FAMILY,
+        help=f"model family (default {DEFAULT_FAMILY})",
+    )
     scaffold_eval = weights_commands.add_parser(
         "scaffold-eval",
         help="write randomly initialised (UNTRAINED) syncnet_v2, InceptionV3 and ArcFace files "
@@ -76,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_dub(args: argparse.Namespace) -> int:
     from lipsync.pipeline.dub import UNTRAINED_LABEL, DubPipeline
 
-    pipeline = DubPipeline.from_weights(args.weights, settings_from_args(args))
-    if pipeline.models.untrained:
+    pipeline = DubPipeline.from_pretrained(args.weights, settings=settings_from_args(args))
+    if pipeline.generator.untrained:
         print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
     summary = pipeline(args.source, args.audio, args.output, progress=not args.quiet)
     print(summary.format())
@@ -85,7 +94,7 @@ def run_dub(args: argparse.Namespace) -> int:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from lipsync.models.weights import check_weights, scaffold_weights
+    from lipsync.models.families import families_in, family
 
     if args.weights_command == "scaffold-eval":
         from lipsync.models.eval_weights import scaffold_eval_weights
@@ -95,12 +104,16 @@ def run_weights(args: argparse.Namespace) -> int:
         print("figures computed with them are labelled untrained; they only show that `lipsync eval` runs")
         return 0
     if args.weights_command == "check":
-        report = check_weights(args.dir, args.model_version)
-        print(report.format())
-        return 0 if report.ok else 1
-    scaffold_weights(args.dir, tiny=args.tiny)
+        names = [args.model] if args.model else families_in(args.dir) or [DEFAULT_FAMILY]
+        reports = [family(name).check(args.dir, args.model_version) for name in names]
+        print("\n".join(report.format() for report in reports))
+        return 0 if all(report.ok for report in reports) else 1
+    family(args.model).scaffold(args.dir, tiny=args.tiny)
     size = "tiny" if args.tiny else "full-size"
-    print(f"wrote {size} UNTRAINED weights to {args.dir} (outputs made with them are labelled as such)")
+    print(
+        f"wrote {size} UNTRAINED {args.model} weights to {args.dir} "
+        "(outputs made with them are labelled as such)"
+    )
     return 0
 
 
@@ -127,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except LipsyncError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {with_flags(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)

@@ -1,25 +1,52 @@
-"""Command-line options shared by several `lipsync` commands, so each is defined once."""
+"""Command-line options shared by several `lipsync` commands, each defined once.
+
+Every default comes from the settings dataclasses in `lipsync.config`, so the library and the command line
+agree. Nothing here imports torch, diffusers or mediapipe: `lipsync --help` stays quick.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, get_args
 
 from lipsync.config import (
     DEFAULT_EXTRA_MARGIN_V15,
+    AudioFeatureMode,
+    DeviceChoice,
+    DtypeChoice,
     DubSettings,
     FaceSettings,
+    ModelVersion,
     RuntimeSettings,
+    SilenceMode,
+    default_avatars_dir,
     default_extra_margin,
+    default_weights_dir,
 )
-from lipsync.pipeline.avatar_store import default_avatars_dir
+from lipsync.models.families import FAMILY_NAMES
 
-DEFAULT_WEIGHTS = Path(os.environ.get("LIPSYNC_WEIGHTS", "models"))
-DEFAULT_AVATARS = default_avatars_dir()
-WEIGHTS_HELP = "weights folder in MuseTalk's models/ layout (default: $LIPSYNC_WEIGHTS or ./models)"
+DUB = DubSettings()
+FACE = FaceSettings()
+RUNTIME = RuntimeSettings()
+WEIGHTS_HELP = "weights folder (default: $LIPSYNC_WEIGHTS or ./models); its lipsync.json says what it holds"
 AVATARS_HELP = "folder of prepared avatars (default: $LIPSYNC_AVATARS or ./avatars)"
+
+# Settings fields a message from the library names, and the flag that sets each.
+FLAGS = {
+    "model": "--model",
+    "version": "--version",
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_size": "--batch-size",
+    "bbox_shift": "--bbox-shift",
+    "extra_margin": "--extra-margin",
+    "face_index": "--face",
+    "silence": "--silence",
+    "image_fps": "--image-fps",
+    "audio_features": "--audio-features",
+}
 
 
 def positive_int(text: str) -> int:
@@ -30,25 +57,43 @@ def positive_int(text: str) -> int:
 
 
 def add_model_options(parser: argparse.ArgumentParser, batch: bool = True) -> None:
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help=WEIGHTS_HELP)
+    parser.add_argument("--weights", type=Path, default=default_weights_dir(), help=WEIGHTS_HELP)
     parser.add_argument(
-        "--version", dest="model_version", choices=["v15", "v1"], default="v15", help="MuseTalk weights"
+        "--model",
+        choices=FAMILY_NAMES,
+        default=DUB.model,
+        help="model family, where the weights folder holds more than one",
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: fp16 GPU, bf16 CPU"
+        "--version",
+        dest="model_version",
+        choices=get_args(ModelVersion),
+        default=DUB.version,
+        help=f"MuseTalk weights version (default {DUB.version})",
+    )
+    parser.add_argument("--device", choices=get_args(DeviceChoice), default=RUNTIME.device)
+    parser.add_argument(
+        "--dtype", choices=get_args(DtypeChoice), default=RUNTIME.dtype, help="auto: fp16 GPU, bf16 CPU"
     )
     if batch:
-        parser.add_argument("--batch-size", type=positive_int, default=8, help="frames per network pass")
+        parser.add_argument(
+            "--batch-size",
+            type=positive_int,
+            default=RUNTIME.batch_size,
+            help=f"frames per network pass (default {RUNTIME.batch_size})",
+        )
 
 
 def add_avatars_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--avatars", type=Path, default=DEFAULT_AVATARS, help=AVATARS_HELP)
+    parser.add_argument("--avatars", type=Path, default=default_avatars_dir(), help=AVATARS_HELP)
 
 
 def add_face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--bbox-shift", type=int, default=0, help="px: move the crop centre down (+, more mouth) or up (-)"
+        "--bbox-shift",
+        type=int,
+        default=FACE.bbox_shift,
+        help="px: move the crop centre down (+, more mouth) or up (-)",
     )
     parser.add_argument(
         "--extra-margin",
@@ -56,40 +101,65 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"px below the chin included in the crop (v15 default {DEFAULT_EXTRA_MARGIN_V15}, v1: 0)",
     )
-    parser.add_argument("--face", type=int, default=0, help="which face: 0 = largest, 1 = next ...")
+    parser.add_argument(
+        "--face", type=int, default=FACE.face_index, help="which face: 0 = largest, 1 = next ..."
+    )
+
+
+def add_image_fps_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image-fps",
+        type=Fraction,
+        default=DUB.image_fps,
+        help=f"frame rate for a photo (default {DUB.image_fps})",
+    )
 
 
 def add_speech_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--silence",
-        choices=["keep", "generate"],
-        default="keep",
+        choices=get_args(SilenceMode),
+        default=DUB.silence,
         help="where the speech is silent: keep the source mouth (default) or generate anyway",
     )
     parser.add_argument(
         "--audio-features",
-        choices=["segment", "sliding"],
-        default="segment",
+        choices=get_args(AudioFeatureMode),
+        default=DUB.audio_features,
         help="segment: whisper over whole 30 s segments, as the reference (default); "
         "sliding: the blocks a live stream uses, so the result equals a stream of the same audio",
     )
 
 
 def settings_from_args(args: argparse.Namespace) -> DubSettings:
-    extra_margin = getattr(args, "extra_margin", None)
-    if extra_margin is None:
-        extra_margin = default_extra_margin(args.model_version)
+    """The DubSettings the parsed options describe; options a command lacks keep their defaults."""
+
+    def given(name: str, default: Any) -> Any:
+        return getattr(args, name, default)
+
+    version = given("model_version", DUB.version)
+    extra_margin = given("extra_margin", None)
     return DubSettings(
-        version=args.model_version,
+        model=given("model", DUB.model),
+        version=version,
         face=FaceSettings(
-            bbox_shift=getattr(args, "bbox_shift", 0),
-            extra_margin=extra_margin,
-            face_index=getattr(args, "face", 0),
+            bbox_shift=given("bbox_shift", FACE.bbox_shift),
+            extra_margin=default_extra_margin(version) if extra_margin is None else extra_margin,
+            face_index=given("face", FACE.face_index),
         ),
         runtime=RuntimeSettings(
-            device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", 8)
+            device=given("device", RUNTIME.device),
+            dtype=given("dtype", RUNTIME.dtype),
+            batch_size=given("batch_size", RUNTIME.batch_size),
         ),
-        silence=getattr(args, "silence", "keep"),
-        image_fps=getattr(args, "image_fps", Fraction(25)),
-        audio_features=getattr(args, "audio_features", "segment"),
+        silence=given("silence", DUB.silence),
+        image_fps=given("image_fps", DUB.image_fps),
+        audio_features=given("audio_features", DUB.audio_features),
     )
+
+
+def with_flags(message: str) -> str:
+    """A library message with each settings field it names in backquotes followed by its flag."""
+    for field, flag in FLAGS.items():
+        message = message.replace(f"`{field}`", f"`{field}` ({flag})")
+    return message

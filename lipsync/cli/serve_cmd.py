@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from lipsync.cli.options import add_avatars_option, add_model_options, positive_int
-from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, RuntimeSettings, ServerSettings
+from lipsync.cli.options import add_avatars_option, add_model_options, positive_int, settings_from_args
+from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,6 +41,5 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions
     )
-    runtime = RuntimeSettings(device=args.device, dtype=args.dtype)
-    serve(settings, args.weights, args.avatars, args.model_version, runtime)
+    serve(settings, args.weights, args.avatars, settings_from_args(args))
     return 0

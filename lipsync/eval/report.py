@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from lipsync.errors import InputError
 from lipsync.eval.definitions import BETTER_ARROWS, BETTER_WORDS, Better, MetricSpec
-from lipsync.pipeline.timing import stage_table
+from lipsync.timing import stage_table
 
 REPORT_FORMAT = 1
 REPORT_FILE = "report.json"

@@ -60,7 +60,7 @@ from lipsync.models.eval_weights import SOURCES, EvalWeightFiles, is_untrained_f
 from lipsync.models.inception_fid import FidInceptionV3, load_fid_inception
 from lipsync.models.syncnet import load_syncnet
 from lipsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
-from lipsync.pipeline.timing import StageTimes
+from lipsync.timing import StageTimes
 
 
 class EvalStage(str, Enum):

@@ -66,6 +66,18 @@ class FaceTrack:
             )
 
 
+BoxRule = Callable[[np.ndarray, int, int, FaceSettings], "CropBox | None"]
+
+
+def landmark_box(
+    points: np.ndarray, frame_width: int, frame_height: int, settings: FaceSettings
+) -> CropBox | None:
+    """MuseTalk's crop box for one frame's 68 landmarks, with the user's shift and margin."""
+    return crop_box_from_landmarks(
+        points, frame_width, frame_height, settings.bbox_shift, settings.extra_margin
+    )
+
+
 def box_at(boxes: np.ndarray, index: int) -> CropBox | None:
     """Row `index` of an (N, 4) box array as a CropBox, or None where it holds no face (NO_BOX)."""
     if boxes[index, 0] == NO_BOX:
@@ -81,12 +93,16 @@ def track_face(
     frame_height: int,
     detector: FaceMeshDetector | None = None,
     on_frame: Callable[[int], None] | None = None,
+    box_rule: BoxRule | None = None,
 ) -> FaceTrack:
     """Find the chosen face (settings.face_index, 0 = largest in the first frame with faces) and follow it.
+
+    `box_rule` turns a frame's landmarks into its crop box (a generator's own rule); MuseTalk's by default.
 
     Raises InputError if the first frame with faces has too few faces for face_index. A video with no
     face at all gives a track with faces_found == 0; the caller decides what to do.
     """
+    rule = box_rule or landmark_box
     own_detector = detector is None
     det = detector if detector is not None else FaceMeshDetector(max_faces=settings.max_faces)
     raw_boxes = np.full((INITIAL_FRAMES, 4), np.nan)
@@ -107,9 +123,7 @@ def track_face(
                 if face is None and index - last_seen > REACQUIRE_AFTER_FRAMES:
                     face = _by_size(faces, settings.face_index)
             if face is not None:
-                box = crop_box_from_landmarks(
-                    face.points, frame_width, frame_height, settings.bbox_shift, settings.extra_margin
-                )
+                box = rule(face.points, frame_width, frame_height, settings)
                 if box is not None:
                     last, last_seen = face, index
                     raw_boxes[index] = (box.x1, box.y1, box.x2, box.y2)
@@ -154,7 +168,7 @@ def _choose_first(faces: list[FaceLandmarks], face_index: int) -> FaceLandmarks 
         found = f"{len(faces)} face" + ("" if len(faces) == 1 else "s")
         raise InputError(
             f"face {face_index} was asked for, but the first frame with faces has only {found}",
-            f"pick a face from 0 (the largest) to {len(faces) - 1} (the smallest) with --face N",
+            f"pick a face from 0 (the largest) to {len(faces) - 1} (the smallest) with `face_index`",
         )
     return _by_size(faces, face_index)
 

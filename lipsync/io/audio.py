@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -98,3 +99,13 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
 def from_pcm16(samples: np.ndarray) -> np.ndarray:
     """int16 samples as float32 (32767 -> 1.0): the inverse of to_pcm16 on every int16 value."""
     return np.asarray(samples).astype(np.float32) / np.float32(PCM16_FULL_SCALE)
+
+
+def frame_count_for_audio(duration: Fraction, fps: Fraction) -> int:
+    """Video frames that fit in the audio: floor(duration * fps), exact."""
+    return math.floor(Fraction(duration) * Fraction(fps))
+
+
+def frame_start_sample(frame: int, fps: Fraction, sample_rate: int = AUDIO_SAMPLE_RATE) -> int:
+    """The first sample video frame `frame` shows: floor(frame * rate / fps), exact (no drift)."""
+    return math.floor(Fraction(frame * sample_rate) / Fraction(fps))

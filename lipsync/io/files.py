@@ -1,10 +1,17 @@
-"""The one check every input file goes through before it is opened."""
+"""Files: the one check every input file goes through, and the one way every output file is written."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lipsync.errors import InputError
+
+TEMP_PREFIX = ".tmp-"  # every temporary file or folder this project writes beside its target starts so
 
 
 def require_file(path: Path, kind: str, fix: str) -> None:
@@ -13,3 +20,37 @@ def require_file(path: Path, kind: str, fix: str) -> None:
         raise InputError(f"{path} does not exist.", "Check the path and the spelling of the file name.")
     if not path.is_file():
         raise InputError(f"{path} is a folder, not {kind}.", fix)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh, unused name beside `path` for writing it in full before it appears."""
+    return path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds, it replaces `path` in one rename.
+
+    A reader never sees half a file, and a failed or interrupted write leaves `path` as it was and no
+    temporary behind. Works for files and for folders (an existing folder at `path` is replaced whole).
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = temporary_sibling(path)
+            path.rename(old)
+            tmp.rename(path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -118,6 +118,10 @@ class FrameReader:
         else:
             yield from self._decode_range(start, stop)
 
+    def frame(self, index: int) -> np.ndarray:
+        """One frame, decoded from the nearest earlier keyframe (for a few frames picked out of order)."""
+        return next(self.frames(index, index + 1))
+
     def frames_reversed(self, start: int, stop: int) -> Iterator[np.ndarray]:
         """Frames stop-1 down to start, decoded chunk by chunk from the nearest earlier keyframe."""
         self._check_range(start, stop)

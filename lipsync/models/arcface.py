@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 ARCFACE_INPUT_SIZE = 112
 ARCFACE_EMBED_DIM = 512

@@ -15,7 +15,7 @@ _DTYPES: dict[DtypeChoice, torch.dtype] = {
 
 
 def dtype_label(dtype: torch.dtype) -> str:
-    """The --dtype name of a torch dtype (fp32, bf16, fp16), or its torch name for any other."""
+    """The `dtype` setting name of a torch dtype (fp32, bf16, fp16), or its torch name for any other."""
     return next((label for label, known in _DTYPES.items() if known == dtype), str(dtype))
 
 
@@ -25,8 +25,8 @@ def resolve_device(choice: DeviceChoice) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
         raise LipsyncError(
-            "--device cuda was asked for, but this PyTorch build sees no CUDA GPU",
-            "use --device cpu (or auto), or install a CUDA build of PyTorch and an NVIDIA driver",
+            "`device` cuda was asked for, but this PyTorch build sees no CUDA GPU",
+            "set `device` to cpu (or auto), or install a CUDA build of PyTorch and an NVIDIA driver",
         )
     return torch.device(choice)
 
@@ -55,12 +55,12 @@ def resolve_dtype(choice: DtypeChoice, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if choice == "fp16" and device.type == "cpu":
         raise LipsyncError(
-            "--dtype fp16 is not supported on the CPU (slow and unsupported in several kernels)",
-            "use --dtype bf16 or fp32 on the CPU (or auto), or run on a CUDA GPU",
+            "`dtype` fp16 is not supported on the CPU (slow and unsupported in several kernels)",
+            "set `dtype` to bf16 or fp32 on the CPU (or auto), or run on a CUDA GPU",
         )
     if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LipsyncError(
-            "--dtype bf16 is not supported by this GPU",
-            "use --dtype fp16 (or auto) on this GPU",
+            "`dtype` bf16 is not supported by this GPU",
+            "set `dtype` to fp16 (or auto) on this GPU",
         )
     return _DTYPES[choice]

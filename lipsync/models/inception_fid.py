@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SOURCE = (

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lipsync.config import FACE_SIZE, IMAGE_CHANNELS, TRAINING_FPS
 from lipsync.errors import WeightsError
-from lipsync.models.loading import load_strict, save_atomically
+from lipsync.models.checkpoint import load_strict, save_atomically
 
 SyncNetKind = Literal["wav2lip", "stable"]  # the same names as lipsync.train.config.SyncNetKind
 SYNCNET_KINDS: tuple[str, ...] = get_args(SyncNetKind)

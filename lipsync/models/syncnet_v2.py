@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.loading import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
 
 SYNCNET_V2_FILE = "syncnet_v2.model"
 SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"

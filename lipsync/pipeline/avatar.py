@@ -1,7 +1,8 @@
 """Prepared avatars: everything about a video that does not depend on speech, computed once.
 
-`prepare_avatar` finds the face in every frame, then stores the frames, crop boxes, reference latents,
-blend masks and the forward-backward cycle (see avatar_store for the layout). An avatar remembers its
+`prepare_avatar` finds the face in every frame, then stores the frames, crop boxes, blend masks, the
+forward-backward cycle and whatever per-frame and reference arrays the generator prepares (MuseTalk: the
+reference latents; see avatar_store for the layout). An avatar remembers its
 source file and the options it was made with (its recipe); when either changes, preparing again rebuilds
 it, and `load_fresh_avatar` rebuilds it on its own before speaking.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -20,18 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from lipsync import __version__
-from lipsync.config import FACE_SIZE, LATENT_SIZE, UNET_IN_CHANNELS, DubSettings, FaceSettings
+from lipsync.config import DubSettings, FaceSettings
 from lipsync.errors import NoFaceError
-from lipsync.face.crop import crop_face
-from lipsync.face.mask import lower_face_mask
 from lipsync.face.track import FaceTrack
 from lipsync.io.files import require_file
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
-from lipsync.models.loading import MuseTalkModels
-from lipsync.models.vae import encode_faces
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar_store import (
     AVATAR_FORMAT,
     AVATAR_FORMAT_VERSION,
+    REFERENCE_PREFIX,
     Avatar,
     AvatarError,
     AvatarInfo,
@@ -39,11 +38,12 @@ from lipsync.pipeline.avatar_store import (
     array_entry,
     check_name,
     file_sha256,
+    generator_spec,
     write_array,
     write_manifest,
 )
 from lipsync.pipeline.dub import find_faces
-from lipsync.pipeline.timing import StageTimes
+from lipsync.pipeline.render import face_batch, generator_times, reference_arrays
 
 __all__ = [
     "Avatar",
@@ -67,19 +67,9 @@ class PrepareResult:
     seconds: float
 
 
-def avatar_recipe(models: MuseTalkModels, settings: DubSettings) -> dict[str, Any]:
+def avatar_recipe(generator: Generator, settings: DubSettings) -> dict[str, Any]:
     """The options an avatar's content depends on; any change means a rebuild."""
-    vae = "unknown"
-    if models.vae_weights is not None and models.vae_weights.exists():
-        stat = models.vae_weights.stat()
-        vae = f"{models.vae_weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return {
-        "version": models.version,
-        "face": asdict(settings.face),
-        "image_fps": str(settings.image_fps),
-        "dtype": str(models.dtype).removeprefix("torch."),
-        "vae": vae,
-    }
+    return {**generator.recipe(), "face": asdict(settings.face), "image_fps": str(settings.image_fps)}
 
 
 def source_identity(source: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -93,8 +83,11 @@ def source_identity(source: Path, known: dict[str, Any] | None = None) -> dict[s
     return identity
 
 
-def stale_reason(manifest: dict[str, Any], source: Path, recipe: dict[str, Any]) -> str | None:
-    """Why a prepared avatar no longer matches its source and options, or None if it still does."""
+def stale_reason(manifest: dict[str, Any], source: Path, recipe: dict[str, Any], family: str) -> str | None:
+    """Why a prepared avatar no longer matches its source, options and model family, or None."""
+    made_for = generator_spec(manifest)["family"]
+    if made_for != family:
+        return f"it was prepared for the {made_for} model family, not {family}"
     stored_source = manifest["source"]
     if Path(stored_source["path"]) != source.resolve():
         return f"the source changed from {stored_source['path']} to {source.resolve()}"
@@ -108,7 +101,7 @@ def stale_reason(manifest: dict[str, Any], source: Path, recipe: dict[str, Any])
 
 
 def prepare_avatar(
-    models: MuseTalkModels,
+    generator: Generator,
     store: AvatarStore,
     name: str,
     source: Path,
@@ -123,48 +116,50 @@ def prepare_avatar(
     check_name(name)
     source = Path(source)
     require_file(source, "a video or photo", "give the video (or photo) file the avatar should be made from")
-    settings = replace(settings or DubSettings(), version=models.version)
-    recipe = avatar_recipe(models, settings)
+    settings = settings or DubSettings()
+    recipe = avatar_recipe(generator, settings)
     reason = "forced" if force else "new"
     if store.exists(name) and not force:
         try:
-            stale = stale_reason(store.load(name).manifest, source, recipe)  # load verifies every array
+            manifest = store.load(name).manifest  # load verifies every array
+            stale = stale_reason(manifest, source, recipe, generator.family)
         except AvatarError as error:
             stale = f"the stored one is unusable ({error.problem})"
         if stale is None:
             return PrepareResult(store.info(name), False, "up to date", time.perf_counter() - started)
         reason = stale
-    _build(models, store, name, source, settings, recipe, on_progress, show_bar)
+    _build(generator, store, name, source, settings, recipe, on_progress, show_bar)
     return PrepareResult(store.info(name), True, reason, time.perf_counter() - started)
 
 
 def load_fresh_avatar(
-    models: MuseTalkModels, store: AvatarStore, name: str, *, show_bar: bool = True
+    generator: Generator, store: AvatarStore, name: str, *, show_bar: bool = True
 ) -> tuple[Avatar, str | None]:
-    """Load an avatar for speaking with `models`, rebuilding it first if its source or recipe changed.
+    """Load an avatar for speaking with `generator`, rebuilding it first if its source or recipe changed.
 
     Returns the avatar and the rebuild reason (None if it was fresh). If the source file is gone, the
     avatar is used as it is. A corrupt avatar raises AvatarError with the fix.
     """
     manifest = store.read_manifest(name)
     stored = manifest["recipe"]
-    settings = DubSettings(
-        version=models.version,
-        face=FaceSettings(**stored["face"]),
-        image_fps=Fraction(stored["image_fps"]),
-    )
+    settings = DubSettings(face=FaceSettings(**stored["face"]), image_fps=Fraction(stored["image_fps"]))
     source = Path(manifest["source"]["path"])
     reason = None
     if source.is_file():
-        reason = stale_reason(manifest, source, avatar_recipe(models, settings))
+        reason = stale_reason(manifest, source, avatar_recipe(generator, settings), generator.family)
         if reason is not None:
-            prepare_avatar(models, store, name, source, settings, force=True, show_bar=show_bar)
-    avatar = store.load(name)
-    return avatar.to(models.device, models.dtype), reason
+            prepare_avatar(generator, store, name, source, settings, force=True, show_bar=show_bar)
+    elif generator_spec(manifest)["family"] != generator.family:
+        raise AvatarError(
+            f"avatar {name!r} was prepared for the {generator_spec(manifest)['family']} model family, "
+            f"and its source {source} is gone, so it cannot be rebuilt for {generator.family}",
+            "speak with weights of the family it was made for, or prepare it again from its video",
+        )
+    return store.load(name), reason
 
 
 def _build(
-    models: MuseTalkModels,
+    generator: Generator,
     store: AvatarStore,
     name: str,
     source: Path,
@@ -176,21 +171,35 @@ def _build(
     info = probe_video(source, settings.image_fps)
     identity = source_identity(source)
     count = info.frame_count
-    times = StageTimes(device=models.device)
+    times = generator_times(generator)
 
     def face_progress(done: int) -> None:
         if on_progress is not None:
             on_progress(FACE_PASS_SHARE * done / count)
 
     with FrameReader(info) as reader:
-        track = find_faces(reader, info, count, settings.face, times, show_bar, on_frame=face_progress)
+        track = find_faces(
+            reader,
+            info,
+            count,
+            settings.face,
+            times,
+            show_bar,
+            on_frame=face_progress,
+            box_rule=generator.crop_box,
+        )
         if track.faces_found == 0:
             raise NoFaceError(
                 f"no face was found in any frame of {source}",
                 "use a video or photo where one face is clearly visible, frontal, at least 100 px wide",
             )
         with store.writing(name) as folder:
-            arrays = _store_frames(models, reader, info, track, settings, folder, on_progress, show_bar)
+            arrays = _store_frames(generator, reader, info, track, settings, folder, on_progress, show_bar)
+            references = reference_arrays(generator, track, reader.frame, times)
+            for ref_name, ref_array in references.items():
+                arrays[REFERENCE_PREFIX + ref_name] = write_array(
+                    folder, REFERENCE_PREFIX + ref_name, ref_array
+                )
             cycle = np.array([ping_pong_index(i, count) for i in range(2 * count)], dtype=np.int32)
             arrays["cycle"] = write_array(folder, "cycle", cycle)
             manifest = {
@@ -200,8 +209,13 @@ def _build(
                 "name": name,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "source": identity,
+                "generator": {
+                    "family": generator.family,
+                    "frame_arrays": list(generator.frame_arrays()),
+                    "reference_arrays": list(references),
+                },
                 "recipe": recipe,
-                "untrained": models.untrained,
+                "untrained": generator.untrained,
                 "video": {
                     "fps": str(info.fps),
                     "width": info.width,
@@ -217,7 +231,7 @@ def _build(
 
 
 def _store_frames(
-    models: MuseTalkModels,
+    generator: Generator,
     reader: FrameReader,
     info: VideoInfo,
     track: FaceTrack,
@@ -226,51 +240,53 @@ def _store_frames(
     on_progress: ProgressCallback | None,
     show_bar: bool,
 ) -> dict[str, Any]:
-    """Write frames, boxes, latents and masks, one frame at a time (bounded memory)."""
+    """Write frames, boxes, masks and the generator's per-frame arrays, one frame at a time (bounded
+    memory): frames with a face are prepared in batches; rows without one stay zero."""
     count = info.frame_count
     boxes = track.boxes.astype(np.int32)
     present = track.boxes[:, 0] >= 0
     max_height = int((boxes[present, 3] - boxes[present, 1]).max())
     max_width = int((boxes[present, 2] - boxes[present, 0]).max())
-    paths = {key: folder / f"{key}.npy" for key in ("frames", "latents", "masks")}
-    frames = np.lib.format.open_memmap(
-        paths["frames"], mode="w+", dtype=np.uint8, shape=(count, info.height, info.width, 3)
-    )
-    latents = np.lib.format.open_memmap(
-        paths["latents"],
-        mode="w+",
-        dtype=np.float32,
-        shape=(count, UNET_IN_CHANNELS, LATENT_SIZE, LATENT_SIZE),
-    )
-    masks = np.lib.format.open_memmap(
-        paths["masks"], mode="w+", dtype=np.float32, shape=(count, max_height, max_width)
-    )
-    crops: list[np.ndarray] = []
+    specs = generator.frame_arrays()
+    shapes = {
+        "frames": ((count, info.height, info.width, 3), "uint8"),
+        "masks": ((count, max_height, max_width), "float32"),
+        **{name: ((count, *spec.shape), spec.dtype) for name, spec in specs.items()},
+    }
+    paths = {key: folder / f"{key}.npy" for key in shapes}
+    arrays = {
+        key: np.lib.format.open_memmap(paths[key], mode="w+", dtype=dtype, shape=shape)
+        for key, (shape, dtype) in shapes.items()
+    }
+    times = generator_times(generator)
     waiting: list[int] = []
+    waiting_frames: list[np.ndarray] = []
 
-    def encode_waiting() -> None:
+    def prepare_waiting() -> None:
         if waiting:
-            latents[waiting] = encode_faces(models, np.stack(crops)).float().cpu().numpy()
-            crops.clear()
+            prepared = generator.prepare(face_batch(generator, track, waiting, waiting_frames), times)
+            for name in specs:
+                arrays[name][waiting] = prepared[name]
             waiting.clear()
+            waiting_frames.clear()
 
     bar = tqdm(total=count, desc="storing frames", unit="frame", disable=not show_bar, leave=False)
     for index, frame in enumerate(reader.frames(0, count)):
-        frames[index] = frame
+        arrays["frames"][index] = frame
         box, landmarks = track.box(index), track.landmarks(index)
         if box is not None and landmarks is not None:
-            crops.append(crop_face(frame, box, FACE_SIZE))
             waiting.append(index)
-            masks[index, : box.height, : box.width] = lower_face_mask(landmarks, box)
+            waiting_frames.append(frame)
+            arrays["masks"][index, : box.height, : box.width] = generator.blend_mask(landmarks, box)
         if len(waiting) == settings.runtime.batch_size:
-            encode_waiting()
+            prepare_waiting()
         bar.update(1)
         if on_progress is not None:
             on_progress(FACE_PASS_SHARE + (1 - FACE_PASS_SHARE) * (index + 1) / count)
-    encode_waiting()
+    prepare_waiting()
     bar.close()
     entries = {}
-    for key, array in (("frames", frames), ("latents", latents), ("masks", masks)):
+    for key, array in arrays.items():
         array.flush()
         entries[key] = array_entry(paths[key], array)
     entries["boxes"] = write_array(folder, "boxes", boxes)

@@ -1,13 +1,17 @@
 """Prepared avatars on disk: a versioned manifest plus plain .npy arrays, written atomically.
 
 <avatars>/<name>/
-  manifest.json   format and version, source identity, the recipe (options the content depends on),
-                  video geometry, and for each array its shape, dtype and sha256
+  manifest.json   format and version, source identity, the generator family and its arrays, the recipe
+                  (options the content depends on), video geometry, and each array's shape, dtype, sha256
   frames.npy      (N, H, W, 3) uint8    source frames, decoded once
   boxes.npy       (N, 4) int32          crop box per frame (-1 where there is no face)
-  latents.npy     (N, 8, 32, 32) float32  masked + reference VAE latents per frame
   masks.npy       (N, Hmax, Wmax) float32 blend mask per frame, top-left aligned in its box
   cycle.npy       (2N,) int32           source frame of each step of the forward-backward cycle
+  NAME.npy        (N, ...)              each per-frame array the generator prepares (MuseTalk: latents.npy,
+                                        (N, 8, 32, 32) float32 masked + reference VAE latents)
+  ref-NAME.npy    (...)                 each reference array it makes once (none for MuseTalk)
+
+Format version 1 (before generator families) is the same layout for MuseTalk and is still read.
 
 Arrays are memory-mapped when loaded, so an avatar costs no RAM beyond what a frame needs. No pickles.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
@@ -28,28 +31,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, box_at
-from lipsync.pipeline.timing import StageTimes
+from lipsync.timing import StageTimes
 
 AVATAR_FORMAT = "lipsync-avatar"
-AVATAR_FORMAT_VERSION = 1
+AVATAR_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-ARRAY_NAMES = ("frames", "boxes", "latents", "masks", "cycle")
+BASE_ARRAYS = ("frames", "boxes", "masks", "cycle")
+REFERENCE_PREFIX = "ref-"
+# What a format-1 manifest (no "generator" entry) was made by.
+FORMAT_1_GENERATOR = {"family": "musetalk", "frame_arrays": ["latents"], "reference_arrays": []}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HASH_CHUNK_BYTES = 8 << 20
-DEFAULT_AVATARS = "avatars"
 
 
 class AvatarError(LipsyncError):
     """A prepared avatar that is missing, corrupt or made by an incompatible version."""
-
-
-def default_avatars_dir() -> Path:
-    return Path(os.environ.get("LIPSYNC_AVATARS", DEFAULT_AVATARS))
 
 
 def check_name(name: str) -> str:
@@ -84,11 +85,12 @@ class AvatarInfo:
     disk_bytes: int
     version: str
     untrained: bool
+    family: str = ""
     problem: str | None = None
 
     @classmethod
     def broken(cls, name: str, problem: str, disk_bytes: int) -> AvatarInfo:
-        return cls(name, Path(), Fraction(0), 0, 0, 0, 0, "", disk_bytes, "", False, problem)
+        return cls(name, Path(), Fraction(0), 0, 0, 0, 0, "", disk_bytes, "", False, "", problem)
 
     def format(self) -> str:
         size = f"{self.disk_bytes / 1e6:.1f} MB"
@@ -98,7 +100,8 @@ class AvatarInfo:
         label = " UNTRAINED" if self.untrained else ""
         return (
             f"{self.name:<20} {self.frame_count} frames ({seconds:.1f} s at {float(self.fps):.2f} fps), "
-            f"{self.width}x{self.height}, {self.frames_with_face} with a face, {self.version}{label}, "
+            f"{self.width}x{self.height}, {self.frames_with_face} with a face, "
+            f"{' '.join(filter(None, (self.family, self.version)))}{label}, "
             f"{size}, from {self.source}"
         )
 
@@ -112,11 +115,14 @@ class Avatar:
         self.info = info_from_manifest(manifest, _folder_bytes(folder))
         self.frames = arrays["frames"]
         self.boxes = arrays["boxes"]
-        self.latent_array = arrays["latents"]
         self.masks = arrays["masks"]
         self.cycle = arrays["cycle"]
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        spec = generator_spec(manifest)
+        self.family: str = spec["family"]
+        self.frame_arrays = {name: arrays[name] for name in spec["frame_arrays"]}
+        self._references = {
+            name: np.array(arrays[REFERENCE_PREFIX + name]) for name in spec["reference_arrays"]
+        }
 
     @property
     def frame_count(self) -> int:
@@ -126,10 +132,9 @@ class Avatar:
     def fps(self) -> Fraction:
         return self.info.fps
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> Avatar:
-        """Where latents() puts its tensors (the models' device and dtype)."""
-        self.device, self.dtype = device, dtype
-        return self
+    @property
+    def references(self) -> dict[str, np.ndarray]:
+        return self._references
 
     def source_index(self, output_index: int) -> int:
         return int(self.cycle[output_index % len(self.cycle)])
@@ -149,9 +154,10 @@ class Avatar:
             raise ValueError(f"frame {source} of avatar {self.info.name} has no face")
         return np.array(self.masks[source, : box.height, : box.width])
 
-    def latents(self, sources: list[int], frames: list[np.ndarray], times: StageTimes) -> torch.Tensor:
-        stacked = np.stack([self.latent_array[s] for s in sources])
-        return torch.from_numpy(stacked).to(self.device, self.dtype)
+    def prepared(
+        self, sources: list[int], frames: list[np.ndarray], times: StageTimes
+    ) -> dict[str, np.ndarray]:
+        return {name: np.stack([array[s] for s in sources]) for name, array in self.frame_arrays.items()}
 
 
 class AvatarStore:
@@ -190,7 +196,7 @@ class AvatarStore:
         folder = self._existing(name)
         manifest = read_manifest(folder)
         arrays = {}
-        for array_name in ARRAY_NAMES:
+        for array_name in array_names(manifest):
             spec = manifest["arrays"][array_name]
             path = folder / f"{array_name}.npy"
             problem = None
@@ -257,7 +263,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != AVATAR_FORMAT:
         raise _corrupt(folder.name, folder, f"{MANIFEST_NAME} is not a lipsync avatar manifest")
     version = manifest.get("format_version")
-    if version != AVATAR_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise AvatarError(
             f"avatar {folder.name!r} has format version {version}; "
             f"this lipsync reads version {AVATAR_FORMAT_VERSION}",
@@ -266,12 +272,24 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         )
     try:
         info_from_manifest(manifest, 0)
-        for array_name in ARRAY_NAMES:
+        for array_name in array_names(manifest):
             spec = manifest["arrays"][array_name]
             spec["shape"], spec["dtype"], spec["sha256"]
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
         raise _corrupt(folder.name, folder, f"{MANIFEST_NAME} lacks or garbles {error}") from None
     return manifest
+
+
+def generator_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The generator family an avatar was made for and the arrays it prepared."""
+    spec: dict[str, Any] = manifest.get("generator", FORMAT_1_GENERATOR)
+    return spec
+
+
+def array_names(manifest: dict[str, Any]) -> list[str]:
+    """Every array file of an avatar (without .npy)."""
+    spec = generator_spec(manifest)
+    return [*BASE_ARRAYS, *spec["frame_arrays"], *(REFERENCE_PREFIX + n for n in spec["reference_arrays"])]
 
 
 def info_from_manifest(manifest: dict[str, Any], disk_bytes: int) -> AvatarInfo:
@@ -286,8 +304,9 @@ def info_from_manifest(manifest: dict[str, Any], disk_bytes: int) -> AvatarInfo:
         frames_with_face=int(video["frames_with_face"]),
         created=str(manifest["created"]),
         disk_bytes=disk_bytes,
-        version=str(manifest["recipe"]["version"]),
+        version=str(manifest["recipe"].get("version", "")),
         untrained=bool(manifest["untrained"]),
+        family=str(generator_spec(manifest)["family"]),
     )
 
 

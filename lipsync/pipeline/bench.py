@@ -6,22 +6,24 @@ import tempfile
 from pathlib import Path
 
 from lipsync.config import DubSettings
+from lipsync.models.device import dtype_label
 from lipsync.pipeline.dub import DubPipeline
 
 
 def run_benchmark(weights: Path, settings: DubSettings, source: Path, audio: Path, frames: int) -> str:
     """Dub the first `frames` frames (after a warm-up batch) and report ms/frame per stage and fps."""
-    pipeline = DubPipeline.from_weights(weights, settings)
+    pipeline = DubPipeline.from_pretrained(weights, settings=settings)
     pipeline.warm_up()
     with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as scratch:
         summary = pipeline(source, audio, Path(scratch) / "bench.mp4", progress=False, max_frames=frames)
-    models = pipeline.models
+    info = pipeline.generator.info
     stage_fps = summary.frames / max(summary.times.total, 1e-9)
     wall_fps = summary.frames / max(summary.wall_seconds, 1e-9)
+    model = " ".join(filter(None, (info.family, info.version)))
     header = [
         f"lipsync bench: {source.name} + {audio.name}, {summary.frames} frames",
-        f"  weights {weights} ({settings.version}{', UNTRAINED' if models.untrained else ''}), "
-        f"device {models.device}, dtype {str(models.dtype).removeprefix('torch.')}, "
+        f"  weights {weights} ({model}{', UNTRAINED' if info.untrained else ''}), "
+        f"device {info.device}, dtype {dtype_label(info.dtype)}, "
         f"batch size {settings.runtime.batch_size}",
     ]
     footer = [

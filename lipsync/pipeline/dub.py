@@ -3,49 +3,50 @@
 Two streaming passes over the source, with bounded memory:
 1. face analysis: landmarks and a smoothed crop box per source frame (small arrays, no frames kept);
 2. generation: frames in output order (cycling forwards then backwards when the audio is longer),
-   in batches: crop → VAE encode → audio window → one UNet pass → VAE decode → paste back → encode.
+   in batches: crop → the generator's per-frame arrays (MuseTalk: VAE encode) → its audio conditioning
+   → generate (MuseTalk: one UNet pass, VAE decode) → paste back with its mask → encode.
 Frames without a face, or (with `silence="keep"`) in silent stretches, pass through unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
-    FACE_SIZE,
-    WHISPER_HIDDEN_SIZE,
-    AudioFeatureMode,
+    DeviceChoice,
+    DtypeChoice,
     DubSettings,
     FaceSettings,
     SilenceMode,
-    audio_tokens,
 )
 from lipsync.errors import InputError, NoFaceError
-from lipsync.face.crop import CropBox, crop_face
+from lipsync.face.crop import CropBox
 from lipsync.face.landmarks import FaceMeshDetector
-from lipsync.face.mask import lower_face_mask
-from lipsync.face.track import NO_BOX, FaceTrack, track_face
-from lipsync.io.audio import Audio, load_audio
+from lipsync.face.track import NO_BOX, BoxRule, FaceTrack, track_face
+from lipsync.io.audio import Audio, frame_count_for_audio, frame_start_sample, load_audio, to_pcm16
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
 from lipsync.io.writer import VideoWriter, check_output_path
-from lipsync.models.audio_features import AudioFeatureStream, BlockedAudioFeatures, frame_count_for_audio
-from lipsync.models.device import resolve_device, resolve_dtype
-from lipsync.models.loading import MuseTalkModels, load_models
-from lipsync.models.sliding_features import SlidingAudioFeatures
-from lipsync.models.unet import predict_latents
-from lipsync.models.vae import decode_latents, encode_faces
-from lipsync.pipeline.render import render_frames, timed
+from lipsync.models.families import load_generator
+from lipsync.models.generator import Generator
+from lipsync.pipeline.render import (
+    face_batch,
+    generator_times,
+    reference_arrays,
+    render_frames,
+    step_aligned,
+    timed,
+)
 from lipsync.pipeline.silence import speech_strengths
-from lipsync.pipeline.timing import Stage, StageTimes
+from lipsync.timing import Stage, StageTimes
 
 UNTRAINED_LABEL = (
     "made with UNTRAINED scaffolded weights (lipsync weights scaffold): "
@@ -81,44 +82,112 @@ class DubSummary:
         return "\n".join(lines)
 
 
-class DubPipeline:
-    """Loaded models plus settings; call it once per (source, audio, output)."""
+@dataclass(frozen=True)
+class OutputFrame:
+    """One output frame with the audio it shows."""
 
-    def __init__(self, models: MuseTalkModels, settings: DubSettings) -> None:
-        self.models = models
-        self.settings = settings
+    index: int  # output frame number, from 0
+    time: float  # index / fps, in seconds
+    image: np.ndarray  # (H, W, 3) RGB uint8
+    audio: np.ndarray  # int16 mono samples at 16 kHz that this frame shows
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a dub of one (source, speech) pair will make, decided before any frame is generated."""
+
+    info: VideoInfo
+    audio: Audio
+    total: int
+    untrained_metadata: dict[str, str]
+
+
+class DubPipeline:
+    """A loaded generator plus settings; call it once per (source, speech, output).
+
+    >>> pipe = DubPipeline.from_pretrained("models", bbox_shift=5)
+    >>> pipe("face.mp4", "speech.wav", "out.mp4")
+    """
+
+    def __init__(self, generator: Generator, settings: DubSettings | None = None) -> None:
+        self.generator = generator
+        self.settings = settings or DubSettings()
 
     @classmethod
-    def from_weights(cls, weights: Path, settings: DubSettings) -> DubPipeline:
-        device = resolve_device(settings.runtime.device)
-        dtype = resolve_dtype(settings.runtime.dtype, device)
-        return cls(load_models(weights, settings.version, device, dtype), settings)
+    def from_pretrained(
+        cls,
+        weights: str | Path,
+        device: DeviceChoice = "auto",
+        dtype: DtypeChoice = "auto",
+        settings: DubSettings | None = None,
+        **options: Any,
+    ) -> DubPipeline:
+        """Load the generator a weights folder holds. `options` are any DubSettings field, or a field of
+        its face and runtime settings (bbox_shift, extra_margin, face_index, batch_size, silence, ...)."""
+        settings = (settings or DubSettings()).with_options(device=device, dtype=dtype, **options)
+        generator = load_generator(
+            Path(weights), settings.model, settings.version, settings.runtime.device, settings.runtime.dtype
+        )
+        return cls(generator, settings)
 
-    @torch.inference_mode()
     def warm_up(self) -> None:
         """Run every network once on a full batch, so first-call costs stay out of timings."""
-        size = self.settings.runtime.batch_size
-        crops = np.zeros((size, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
-        tokens = torch.zeros(
-            (size, audio_tokens(self.models.audio_window), WHISPER_HIDDEN_SIZE),
-            device=self.models.device,
-            dtype=self.models.dtype,
-        )
-        decode_latents(self.models, predict_latents(self.models, encode_faces(self.models, crops), tokens))
+        self.generator.warm_up(self._batch_size)
+
+    @property
+    def _batch_size(self) -> int:
+        return step_aligned(self.settings.runtime.batch_size, self.generator.step_frames)
 
     def __call__(
         self,
-        source: Path,
-        audio_path: Path,
-        output: Path,
+        source: str | Path,
+        audio: str | Path,
+        output: str | Path,
         *,
         progress: bool = True,
         max_frames: int | None = None,
     ) -> DubSummary:
+        """Dub `source` (video or photo) with the speech in `audio`; write `output` (.mp4) and summarise."""
         started = time.perf_counter()
-        times = StageTimes(device=self.models.device)
+        source, audio_path, output = Path(source), Path(audio), Path(output)
+        times = generator_times(self.generator)
         check_output_path(output, {"video": source, "audio": audio_path})
+        plan = self._plan(source, audio_path, max_frames)
+        counts = _Counts()
+        info = plan.info
+        with VideoWriter(
+            output, info.fps, info.width, info.height, audio_path=audio_path, metadata=plan.untrained_metadata
+        ) as writer:
+            for frame in self._render(source, plan, times, progress, counts):
+                with times.measure(Stage.ENCODE):
+                    writer.write(frame)
 
+        return DubSummary(
+            output=output,
+            frames=plan.total,
+            frames_with_face=counts.with_face,
+            frames_generated=counts.generated,
+            fps=info.fps,
+            audio_seconds=plan.audio.duration_s,
+            untrained=self.generator.untrained,
+            wall_seconds=time.perf_counter() - started,
+            times=times,
+        )
+
+    def frames(
+        self, source: str | Path, audio: str | Path, *, progress: bool = False, max_frames: int | None = None
+    ) -> Iterator[OutputFrame]:
+        """The output frames in order, each with the 16 kHz samples it shows; nothing is written."""
+        source, audio_path = Path(source), Path(audio)
+        plan = self._plan(source, audio_path, max_frames)
+        pcm = to_pcm16(plan.audio.samples)
+        fps = plan.info.fps
+        times = generator_times(self.generator)
+        for index, image in enumerate(self._render(source, plan, times, progress, _Counts())):
+            samples = pcm[frame_start_sample(index, fps) : frame_start_sample(index + 1, fps)]
+            yield OutputFrame(index, float(index / fps), image, samples)
+
+    def _plan(self, source: Path, audio_path: Path, max_frames: int | None) -> _Plan:
         info = probe_video(source, self.settings.image_fps)
         audio = load_audio(audio_path, AUDIO_SAMPLE_RATE)
         total = frame_count_for_audio(audio.duration, info.fps)
@@ -130,70 +199,60 @@ class DubPipeline:
                 f"less than one frame at {float(info.fps):.2f} fps",
                 "give a speech track at least one frame long",
             )
+        metadata = {"comment": UNTRAINED_LABEL} if self.generator.untrained else {}
+        return _Plan(info, audio, total, metadata)
 
+    def _render(
+        self, source: Path, plan: _Plan, times: StageTimes, progress: bool, counts: _Counts
+    ) -> Iterator[np.ndarray]:
+        """Output frames in order: a face pass over the source, then generation in batches."""
+        info, total = plan.info, plan.total
         with FrameReader(info) as reader:
             count = min(info.frame_count, total)
-            track = find_faces(reader, info, count, self.settings.face, times, progress)
+            track = find_faces(
+                reader, info, count, self.settings.face, times, progress, box_rule=self.generator.crop_box
+            )
             if track.faces_found == 0:
                 raise NoFaceError(
                     f"no face was found in any frame of {source}",
                     "use a video or photo where one face is clearly visible, frontal, at least 100 px wide",
                 )
-            strengths = mouth_strengths(self.settings.silence, audio, info.fps, total)
-            features = audio_features(self.models, self.settings.audio_features, audio, info.fps)
-            metadata = {"comment": UNTRAINED_LABEL} if self.models.untrained else {}
-            with VideoWriter(
-                output, info.fps, info.width, info.height, audio_path=audio_path, metadata=metadata
-            ) as writer:
-                with_face, generated = self._generate(
-                    reader, track, features, strengths, writer, total, times, progress
-                )
+            strengths = mouth_strengths(self.settings.silence, plan.audio, info.fps, total)
+            conditioning = self.generator.offline_audio(
+                plan.audio.samples, info.fps, self.settings.audio_features
+            )
+            sources = np.array([ping_pong_index(i, track.frame_count) for i in range(total)], dtype=np.int64)
+            has_face = track.boxes[sources, 0] != NO_BOX
+            strengths = np.where(has_face, strengths, np.float32(0.0)).astype(np.float32)
+            counts.with_face = int(np.count_nonzero(has_face))
+            counts.generated = int(np.count_nonzero(strengths > 0))
+            references = reference_arrays(self.generator, track, reader.frame, times)
+            prep = TrackedFaces(self.generator, track, references)
+            frames = timed(reader.cycled(total), times, Stage.DECODE)
+            bar = tqdm(total=total, desc="dubbing", unit="frame", disable=not progress)
+            yield from render_frames(
+                self.generator, prep, frames, conditioning, strengths, self._batch_size, times, bar
+            )
+            bar.close()
 
-        return DubSummary(
-            output=output,
-            frames=total,
-            frames_with_face=with_face,
-            frames_generated=generated,
-            fps=info.fps,
-            audio_seconds=audio.duration_s,
-            untrained=self.models.untrained,
-            wall_seconds=time.perf_counter() - started,
-            times=times,
-        )
 
-    def _generate(
-        self,
-        reader: FrameReader,
-        track: FaceTrack,
-        features: BlockedAudioFeatures,
-        strengths: np.ndarray,
-        writer: VideoWriter,
-        total: int,
-        times: StageTimes,
-        progress: bool,
-    ) -> tuple[int, int]:
-        """Write `total` output frames; return (frames with a face, frames with a generated mouth)."""
-        sources = np.array([ping_pong_index(i, track.frame_count) for i in range(total)], dtype=np.int64)
-        has_face = track.boxes[sources, 0] != NO_BOX
-        strengths = np.where(has_face, strengths, np.float32(0.0)).astype(np.float32)
-        frames = timed(reader.cycled(total), times, Stage.DECODE)
-        bar = tqdm(total=total, desc="dubbing", unit="frame", disable=not progress)
-        prep = TrackedFaces(self.models, track)
-        for frame in render_frames(
-            self.models, prep, frames, features, strengths, self.settings.runtime.batch_size, times, bar
-        ):
-            with times.measure(Stage.ENCODE):
-                writer.write(frame)
-        bar.close()
-        return int(np.count_nonzero(has_face)), int(np.count_nonzero(strengths > 0))
+@dataclass
+class _Counts:
+    with_face: int = 0
+    generated: int = 0
 
 
 class TrackedFaces:
-    """FacePrep for dubbing: latents encoded on the fly from each frame's crop; masks from its landmarks."""
+    """FacePrep for dubbing: arrays prepared on the fly from each frame's crop; masks from its landmarks."""
 
-    def __init__(self, models: MuseTalkModels, track: FaceTrack) -> None:
-        self.models = models
+    def __init__(self, generator: Generator, track: FaceTrack, references: dict[str, np.ndarray]) -> None:
+        self.generator = generator
         self.track = track
+        self._references = references
+
+    @property
+    def references(self) -> dict[str, np.ndarray]:
+        return self._references
 
     def box(self, source: int) -> CropBox | None:
         return self.track.box(source)
@@ -201,16 +260,12 @@ class TrackedFaces:
     def mask(self, source: int) -> np.ndarray:
         box, landmarks = self.track.box(source), self.track.landmarks(source)
         assert box is not None and landmarks is not None
-        return lower_face_mask(landmarks, box)
+        return self.generator.blend_mask(landmarks, box)
 
-    def latents(self, sources: list[int], frames: list[np.ndarray], times: StageTimes) -> torch.Tensor:
-        crops = []
-        for source, frame in zip(sources, frames, strict=True):
-            box = self.track.box(source)
-            assert box is not None
-            crops.append(crop_face(frame, box))
-        with times.measure(Stage.VAE_ENCODE):
-            return encode_faces(self.models, np.stack(crops))
+    def prepared(
+        self, sources: list[int], frames: list[np.ndarray], times: StageTimes
+    ) -> dict[str, np.ndarray]:
+        return self.generator.prepare(face_batch(self.generator, self.track, sources, frames), times)
 
 
 def mouth_strengths(mode: SilenceMode, audio: Audio, fps: Fraction, total: int) -> np.ndarray:
@@ -218,15 +273,6 @@ def mouth_strengths(mode: SilenceMode, audio: Audio, fps: Fraction, total: int) 
     if mode == "generate":
         return np.ones(total, dtype=np.float32)
     return speech_strengths(audio.samples, audio.sample_rate, fps, total)
-
-
-def audio_features(
-    models: MuseTalkModels, mode: AudioFeatureMode, audio: Audio, fps: Fraction
-) -> BlockedAudioFeatures:
-    """The reference's whole-file segments, or the sliding blocks a live stream uses."""
-    if mode == "sliding":
-        return SlidingAudioFeatures.offline(models, audio.samples, fps)
-    return AudioFeatureStream(models, audio.samples, fps)
 
 
 def find_faces(
@@ -237,6 +283,7 @@ def find_faces(
     times: StageTimes,
     progress: bool,
     on_frame: Callable[[int], None] | None = None,
+    box_rule: BoxRule | None = None,
 ) -> FaceTrack:
     """The chosen face's landmarks and smoothed crop box in source frames 0 .. count-1.
 
@@ -253,7 +300,15 @@ def find_faces(
     decode_before = times.seconds[Stage.DECODE]
     frames = timed(reader.frames(0, count), times, Stage.DECODE)
     with FaceMeshDetector(settings.max_faces, video_mode=not info.is_image) as detector:
-        track = track_face(frames, settings, info.width, info.height, detector=detector, on_frame=frame_done)
+        track = track_face(
+            frames,
+            settings,
+            info.width,
+            info.height,
+            detector=detector,
+            on_frame=frame_done,
+            box_rule=box_rule,
+        )
     bar.close()
     decode_here = times.seconds[Stage.DECODE] - decode_before
     times.seconds[Stage.LANDMARKS] += time.perf_counter() - started - decode_here

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipsync.config import AUDIO_WINDOW_FRAMES, WHISPER_FRAMES_PER_SECOND
-from lipsync.models.audio_features import audio_window_start
+from lipsync.models.musetalk.audio_features import audio_window_start
 
 SILENCE_BELOW_SPEECH_DB = 30.0  # a window this far below the loud speech level counts as silent
 SILENCE_FLOOR_DBFS = -60.0  # ... and any window below this absolute level does too

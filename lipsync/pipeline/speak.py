@@ -1,7 +1,8 @@
-"""Speaking from a prepared avatar: only the audio-dependent work runs (features, UNet, VAE decode, paste).
+"""Speaking from a prepared avatar: only the audio-dependent work runs (conditioning, generation, paste).
 
 Given the same source, options and audio, the frames equal `lipsync dub`'s frame for frame: the avatar holds
-exactly what dubbing would compute on the way (frames, boxes, latents, masks), and the same render core runs.
+exactly what dubbing would compute on the way (frames, boxes, masks, the generator's prepared arrays), and
+the same render core runs.
 """
 
 from __future__ import annotations
@@ -15,22 +16,21 @@ from tqdm import tqdm
 
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings
 from lipsync.errors import InputError
-from lipsync.io.audio import Audio, load_audio
+from lipsync.io.audio import Audio, frame_count_for_audio, load_audio
 from lipsync.io.writer import VideoWriter, check_output_path
-from lipsync.models.audio_features import frame_count_for_audio
-from lipsync.models.loading import MuseTalkModels
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import Avatar
-from lipsync.pipeline.dub import UNTRAINED_LABEL, DubSummary, audio_features, mouth_strengths
-from lipsync.pipeline.render import render_frames, timed
-from lipsync.pipeline.timing import Stage, StageTimes
+from lipsync.pipeline.dub import UNTRAINED_LABEL, DubSummary, mouth_strengths
+from lipsync.pipeline.render import generator_times, render_frames, step_aligned, timed
+from lipsync.timing import Stage, StageTimes
 
 
 class SpeakPipeline:
-    """Loaded models plus settings (silence, audio features, batch size); call it per (avatar, audio)."""
+    """A loaded generator plus settings (silence, audio features, batch size); call it per (avatar, audio)."""
 
-    def __init__(self, models: MuseTalkModels, settings: DubSettings) -> None:
-        self.models = models
-        self.settings = settings
+    def __init__(self, generator: Generator, settings: DubSettings | None = None) -> None:
+        self.generator = generator
+        self.settings = settings or DubSettings()
 
     def frames(
         self, avatar: Avatar, audio: Audio, times: StageTimes, bar: tqdm | None = None
@@ -48,11 +48,11 @@ class SpeakPipeline:
         times: StageTimes,
         bar: tqdm | None,
     ) -> Iterator[np.ndarray]:
-        avatar.to(self.models.device, self.models.dtype)
-        features = audio_features(self.models, self.settings.audio_features, audio, avatar.fps)
+        conditioning = self.generator.offline_audio(audio.samples, avatar.fps, self.settings.audio_features)
         pairs = timed(((int(s), avatar.frame(int(s))) for s in sources), times, Stage.DECODE)
+        batch_size = step_aligned(self.settings.runtime.batch_size, self.generator.step_frames)
         yield from render_frames(
-            self.models, avatar, pairs, features, strengths, self.settings.runtime.batch_size, times, bar
+            self.generator, avatar, pairs, conditioning, strengths, batch_size, times, bar
         )
 
     def plan(self, avatar: Avatar, audio: Audio) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +77,8 @@ class SpeakPipeline:
                 "give a speech track at least one frame long",
             )
         sources, strengths = self.plan(avatar, audio)
-        times = StageTimes(device=self.models.device)
-        untrained = self.models.untrained or avatar.info.untrained
+        times = generator_times(self.generator)
+        untrained = self.generator.untrained or avatar.info.untrained
         metadata = {"comment": UNTRAINED_LABEL} if untrained else {}
         bar = tqdm(total=total, desc=f"speaking as {avatar.info.name}", unit="frame", disable=not progress)
         size = (avatar.info.width, avatar.info.height)

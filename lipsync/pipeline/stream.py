@@ -6,8 +6,9 @@ and speech frames join without a jump. `end_speech()` closes the turn: its remai
 the audio after the end treated as silence, exactly as an offline run over the same audio would.
 
 Work runs in a three-stage pipeline, one thread per stage, joined by small bounded queues:
-  features  audio → sliding-window whisper features → batches of frames with their audio tokens;
-  device    reference latents + tokens → UNet → VAE decode (the accelerator);
+  features  audio → the generator's streaming conditioning (MuseTalk: sliding-window whisper features)
+            → batches of frames whose audio is complete, with their conditioning;
+  device    prepared arrays + conditioning → the generator (MuseTalk: UNet → VAE decode; the accelerator);
   compose   paste the faces back, encode (e.g. JPEG), hand the frames out in order.
 While the device works on one batch, the features of the next and the compositing of the previous run on
 the CPU, so the device does not wait for them.
@@ -19,26 +20,24 @@ frames of a fresh session (no idle frames before the turn) equal `SpeakPipeline`
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from lipsync.config import AUDIO_SAMPLE_RATE, StreamSettings
-from lipsync.io.audio import to_pcm16
-from lipsync.models.loading import MuseTalkModels
-from lipsync.models.sliding_features import SlidingAudioFeatures
+from lipsync.io.audio import frame_start_sample, to_pcm16
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar_store import Avatar
-from lipsync.pipeline.render import RenderBatch, compose, generate_mouths
-from lipsync.pipeline.timing import Stage, StageTimes
+from lipsync.pipeline.render import RenderBatch, compose, generate_mouths, generator_times, step_aligned
+from lipsync.timing import Stage
 
 QUEUE_POLL_SECONDS = 0.1  # how often a blocked stage checks whether the session was closed
 JOIN_SECONDS = 5.0
@@ -73,17 +72,16 @@ class _Job:
     indices: list[int]  # session frame numbers
     audio: list[np.ndarray]
     speech: bool
-    tokens: torch.Tensor | None = None
+    conditioning: Any = None  # the generator's audio conditioning of the active rows (None: none active)
     faces: np.ndarray = field(default_factory=lambda: np.empty((0,), dtype=np.uint8))
 
 
 class _Turn:
-    """One speech turn: its features (which also hold its recent audio) and how many frames went out."""
+    """One speech turn: its audio conditioning (which also holds its recent audio) and how many frames
+    went out."""
 
-    def __init__(self, models: MuseTalkModels, fps: Fraction, settings: StreamSettings, start: int) -> None:
-        self.features = SlidingAudioFeatures(
-            models, fps, settings.feature_block_frames, settings.feature_lookahead_frames
-        )
+    def __init__(self, generator: Generator, fps: Fraction, settings: StreamSettings, start: int) -> None:
+        self.features = generator.streaming_audio(fps, settings)
         self.start = start  # session frame number of the turn's first frame
         self.emitted = 0
         self.fps = fps
@@ -93,7 +91,7 @@ class _Turn:
         return to_pcm16(self.features.samples(self.sample_bounds(frame), self.sample_bounds(frame + 1)))
 
     def sample_bounds(self, frame: int) -> int:
-        return math.floor(Fraction(frame * AUDIO_SAMPLE_RATE) / self.fps)
+        return frame_start_sample(frame, self.fps)
 
 
 class StreamSession:
@@ -101,17 +99,18 @@ class StreamSession:
 
     def __init__(
         self,
-        models: MuseTalkModels,
+        generator: Generator,
         avatar: Avatar,
         settings: StreamSettings | None = None,
         encode_image: Callable[[np.ndarray], bytes] | None = None,
     ) -> None:
-        self.models = models
-        self.avatar = avatar.to(models.device, models.dtype)
-        self.settings = settings or StreamSettings()
+        self.generator = generator
+        self.avatar = avatar
+        settings = settings or StreamSettings()
+        self.settings = replace(settings, batch_size=step_aligned(settings.batch_size, generator.step_frames))
         self.fps = avatar.fps
         self.width, self.height = avatar.info.width, avatar.info.height
-        self.times = StageTimes(device=models.device)
+        self.times = generator_times(generator)
         self._encode_image = encode_image
         self._commands: queue.Queue[_Audio | _Control] = queue.Queue()
         depth = self.settings.stage_queue_batches
@@ -240,7 +239,7 @@ class StreamSession:
             command = self._commands.get()
             if isinstance(command, _Audio):
                 if turn is None:
-                    turn = _Turn(self.models, self.fps, self.settings, self._next_index)
+                    turn = _Turn(self.generator, self.fps, self.settings, self._next_index)
                 turn.features.append(command.samples)
                 self._plan_speech(turn)
             elif command.kind == "end":
@@ -274,10 +273,10 @@ class StreamSession:
                 frames=[self.avatar.frame(s) for s in sources],
                 strengths=np.array([1.0 if self.avatar.has_face(s) else 0.0 for s in sources], np.float32),
             )
-            tokens = None
+            conditioning = None
             if batch.active:
                 with self.times.measure(Stage.AUDIO_FEATURES):
-                    tokens = turn.features.windows(batch.active_indices)
+                    conditioning = turn.features.windows(batch.active_indices)
             audio = [turn.frame_audio(j) for j in local]
             turn.emitted += count
             turn.features.forget_before(turn.emitted)
@@ -285,7 +284,7 @@ class StreamSession:
                 self._samples_framed += sum(len(a) for a in audio)
                 self._speech_frames_in_flight += count
             self._next_index = turn.start + turn.emitted
-            self._put(self._to_device, _Job(batch, indices, audio, True, tokens))
+            self._put(self._to_device, _Job(batch, indices, audio, True, conditioning))
 
     def _plan_idle(self, count: int) -> None:
         for start in range(0, count, self.settings.batch_size):
@@ -301,9 +300,11 @@ class StreamSession:
 
     def _device_stage(self) -> None:
         while (job := self._take(self._to_device)) is not None:
-            if job.tokens is not None:
-                job.faces = generate_mouths(self.models, self.avatar, job.batch, job.tokens, self.times)
-                job.tokens = None
+            if job.conditioning is not None:
+                job.faces = generate_mouths(
+                    self.generator, self.avatar, job.batch, job.conditioning, self.times
+                )
+                job.conditioning = None
             self._put(self._to_compose, job)
 
     def _compose_stage(self) -> None:

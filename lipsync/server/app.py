@@ -236,7 +236,9 @@ async def _live_session(
     with anyio.CancelScope(shield=True):  # a session, once made, must reach the `finally` below
         session = await anyio.to_thread.run_sync(engine.open_stream, avatar, settings)
     try:
-        ready = ReadyMessage.create(name, session.fps, session.width, session.height, engine.models.untrained)
+        ready = ReadyMessage.create(
+            name, session.fps, session.width, session.height, engine.generator.untrained
+        )
         await websocket.send_text(ready.to_json())
         problem = await _run_loops(websocket, session, settings)
         if problem is not None:

@@ -1,4 +1,4 @@
-"""What `lipsync serve` holds between requests: the models (loaded once), the avatars, sessions and jobs.
+"""What `lipsync serve` holds between requests: the generator (loaded once), the avatars, sessions and jobs.
 
 Thread-safe: the event loop, the worker threads of the stream sessions and the one prepare worker all use it.
 """
@@ -15,18 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from lipsync.config import (
-    DubSettings,
-    FaceSettings,
-    ModelVersion,
-    RuntimeSettings,
-    ServerSettings,
-    StreamSettings,
-    default_extra_margin,
-)
+from lipsync.config import DubSettings, FaceSettings, RuntimeSettings, ServerSettings, StreamSettings
 from lipsync.errors import LipsyncError
-from lipsync.models.device import dtype_label, resolve_device, resolve_dtype
-from lipsync.models.loading import MuseTalkModels, load_models
+from lipsync.models.device import dtype_label
+from lipsync.models.families import load_generator
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_avatar
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
 from lipsync.pipeline.stream import StreamSession
@@ -97,12 +90,14 @@ class ServerEngine:
 
     def __init__(
         self,
-        models: MuseTalkModels,
+        generator: Generator,
         store: AvatarStore,
         settings: ServerSettings,
         runtime: RuntimeSettings | None = None,
+        face: FaceSettings | None = None,
     ) -> None:
-        self.models = models
+        self.generator = generator
+        self.face = face or FaceSettings()
         self.store = store
         self.settings = settings
         self.runtime = runtime or RuntimeSettings()
@@ -116,18 +111,13 @@ class ServerEngine:
         self._closed = False
 
     @classmethod
-    def from_weights(
-        cls,
-        weights: Path,
-        avatars: Path,
-        version: ModelVersion,
-        runtime: RuntimeSettings,
-        settings: ServerSettings,
+    def from_pretrained(
+        cls, weights: Path, avatars: Path, dub: DubSettings, settings: ServerSettings
     ) -> ServerEngine:
-        device = resolve_device(runtime.device)
-        dtype = resolve_dtype(runtime.dtype, device)
-        models = load_models(weights, version, device, dtype)
-        return cls(models, AvatarStore(avatars), settings, runtime)
+        """Load the generator of a weights folder (`dub` says which family, version, device and dtype)."""
+        runtime = dub.runtime
+        generator = load_generator(weights, dub.model, dub.version, runtime.device, runtime.dtype)
+        return cls(generator, AvatarStore(avatars), settings, runtime, dub.face)
 
     # --- health and avatars ---------------------------------------------------------------------
 
@@ -140,11 +130,11 @@ class ServerEngine:
         settings = settings or self.settings
         return Health(
             status="ok",
-            device=str(self.models.device),
-            dtype=dtype_label(self.models.dtype),
+            device=str(self.generator.device),
+            dtype=dtype_label(self.generator.dtype),
             sessions=self.sessions,
             max_sessions=settings.max_sessions,
-            untrained=self.models.untrained,
+            untrained=self.generator.untrained,
         )
 
     def list_avatars(self) -> list[AvatarInfo]:
@@ -202,17 +192,12 @@ class ServerEngine:
         """A new stream session whose frames come JPEG-encoded (on its compose thread)."""
         settings = settings or self.settings
         encode = partial(encode_jpeg, quality=settings.jpeg_quality)
-        return StreamSession(self.models, avatar, self.stream_settings(settings), encode_image=encode)
+        return StreamSession(self.generator, avatar, self.stream_settings(settings), encode_image=encode)
 
     # --- prepare jobs ---------------------------------------------------------------------------
 
     def prepare_settings(self, bbox_shift: int) -> DubSettings:
-        version = self.models.version
-        return DubSettings(
-            version=version,
-            face=FaceSettings(bbox_shift=bbox_shift, extra_margin=default_extra_margin(version)),
-            runtime=self.runtime,
-        )
+        return DubSettings(face=replace(self.face, bbox_shift=bbox_shift), runtime=self.runtime)
 
     def submit_prepare(self, request: PrepareRequest) -> JobStatus:
         """Queue a prepare job; one worker thread runs the jobs one after another."""
@@ -262,7 +247,7 @@ class ServerEngine:
 
         try:
             prepare_avatar(
-                self.models,
+                self.generator,
                 self.store,
                 request.name,
                 request.source,

@@ -29,7 +29,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from lipsync.config import AUDIO_SAMPLE_RATE, ModelVersion, RuntimeSettings, ServerSettings
+from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, ServerSettings
 from lipsync.errors import LipsyncError
 from lipsync.io.audio import load_audio
 from lipsync.server.protocol import END_MESSAGE, decode_frame, float_to_pcm
@@ -296,14 +296,13 @@ class LocalServerOptions:
 
     weights: Path
     avatars: Path
-    version: ModelVersion = "v15"
-    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    dub: DubSettings = field(default_factory=DubSettings)  # model family, version, device, dtype
     token: str | None = None  # clients must send it, as with `lipsync serve --token`
 
 
 @contextlib.contextmanager
 def local_server(options: LocalServerOptions, max_sessions: int) -> Iterator[str]:
-    """Load the models, serve them on an ephemeral loopback port, yield the base URL."""
+    """Load the generator, serve it on an ephemeral loopback port, yield the base URL."""
     from lipsync.server.app import create_app
     from lipsync.server.engine import ServerEngine
 
@@ -311,9 +310,7 @@ def local_server(options: LocalServerOptions, max_sessions: int) -> Iterator[str
     settings = replace(
         defaults, port=0, token=options.token, max_sessions=max(max_sessions, defaults.max_sessions)
     )
-    engine = ServerEngine.from_weights(
-        options.weights, options.avatars, options.version, options.runtime, settings
-    )
+    engine = ServerEngine.from_pretrained(options.weights, options.avatars, options.dub, settings)
     try:
         with ThreadedServer(create_app(engine, settings), settings.max_message_bytes) as server:
             yield server.url
@@ -659,6 +656,6 @@ def run_loadbench(
             "no server to benchmark", "pass --url of a running server, or --weights and --avatars"
         )
     if progress is not None:
-        progress(f"starting a server here: {local.weights} ({local.version}), avatars in {local.avatars}")
+        progress(f"starting a server here: {local.weights} ({local.dub.version}), avatars in {local.avatars}")
     with local_server(local, max(settings.sessions)) as local_url:
         return run_against(local_url, avatar, local.token, audio, settings, progress)

@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from lipsync.config import ModelVersion, RuntimeSettings, ServerSettings
+from lipsync.config import DubSettings, ServerSettings
 from lipsync.errors import LipsyncError
 
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -71,19 +71,18 @@ def serve(
     settings: ServerSettings,
     weights: Path,
     avatars: Path,
-    version: ModelVersion,
-    runtime: RuntimeSettings,
+    dub: DubSettings,
 ) -> None:
-    """Check the bind address, load the models once, then serve until interrupted."""
+    """Check the bind address, load the generator once, then serve until interrupted."""
     settings = replace(settings, token=settings.token or None)
     check_bind(settings.host, settings.token)  # before anything slow: a refusal should come at once
 
     from lipsync.server.app import create_app
     from lipsync.server.engine import ServerEngine
 
-    engine = ServerEngine.from_weights(weights, avatars, version, runtime, settings)
+    engine = ServerEngine.from_pretrained(weights, avatars, dub, settings)
     try:
-        if engine.models.untrained:
+        if engine.generator.untrained:
             print(
                 "WARNING: serving with UNTRAINED scaffolded weights: the mouths are random", file=sys.stderr
             )

@@ -29,7 +29,7 @@ from lipsync.config import (
     audio_tokens,
     audio_window_frames,
 )
-from lipsync.models.audio_features import audio_window_start
+from lipsync.models.musetalk.audio_features import audio_window_start
 from lipsync.train.config import ConfigError, DataConfig, UNetTrainConfig
 from lipsync.train.data.format import (
     CLIP_FILE,

@@ -27,16 +27,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lipsync.errors import LipsyncError
-from lipsync.models.loading import (
+from lipsync.models.musetalk.loading import (
     MuseTalkModels,
     TrainingInfo,
     load_unet,
     load_vae,
     load_whisper,
 )
-from lipsync.models.unet import audio_context, run_unet, unet_config
-from lipsync.models.vae import decode_images, encode_images, masked_copy
-from lipsync.models.weights import UNET_CONFIG_FILE, WeightsLayout, is_untrained
+from lipsync.models.musetalk.unet import audio_context, run_unet, unet_config
+from lipsync.models.musetalk.vae import decode_images, encode_images, masked_copy
+from lipsync.models.musetalk.weights import FAMILY, UNET_CONFIG_FILE, WeightsLayout
+from lipsync.models.weights import is_untrained
 from lipsync.train.config import UNetTrainConfig, flat_hparams, to_dict, validate_unet_config
 from lipsync.train.data.features import ensure_whisper_features, stale_whisper_clips, whisper_weights_id
 from lipsync.train.export import EXPORT_VERSION, TRAINED_BY, export_unet
@@ -216,7 +217,7 @@ class UNetTrainer:
             self.device,
             torch.float32,
             EXPORT_VERSION,
-            is_untrained(layout.root),
+            is_untrained(layout.root, FAMILY),
             layout.vae_weights,
             self.config.audio_window,
         )

@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from lipsync.config import SAMPLES_PER_WHISPER_FRAME, WHISPER_SEGMENT_SAMPLES, ModelVersion
 from lipsync.errors import WeightsError
-from lipsync.models.audio_features import encode_whisper_segment
-from lipsync.models.loading import MuseTalkModels
-from lipsync.models.weights import WeightsLayout
+from lipsync.models.musetalk.audio_features import encode_whisper_segment
+from lipsync.models.musetalk.loading import MuseTalkModels
+from lipsync.models.musetalk.weights import WeightsLayout
 from lipsync.train.data.format import (
     CLIP_FILE,
     TMP_PREFIX,

@@ -23,7 +23,7 @@ from torch import nn
 
 from lipsync.config import IMAGE_CHANNELS
 from lipsync.errors import WeightsError
-from lipsync.models.loading import load_strict, read_state_dict
+from lipsync.models.checkpoint import load_strict, read_state_dict
 from lipsync.train.config import ConfigError, PerceptualConfig
 
 # --- VGG19 (configuration "E" of Simonyan & Zisserman) -----------------------------------------------------

@@ -22,15 +22,15 @@ from lipsync.config import (
     WHISPER_SEGMENT_FRAMES,
     audio_window_frames,
 )
-from lipsync.models.audio_features import (
+from lipsync.io.audio import frame_count_for_audio
+from lipsync.models.musetalk.audio_features import (
     BlockedAudioFeatures,
     audio_window_start,
     encode_whisper_segment,
-    frame_count_for_audio,
 )
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.networks import MuseTalkModels
 
 
 class SlidingAudioFeatures(BlockedAudioFeatures):

@@ -21,7 +21,7 @@ from lipsync.config import audio_tokens as audio_tokens_for
 from lipsync.models.device import image_memory_format
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.networks import MuseTalkModels
 
 _CROSS_ATTN_DOWN = "CrossAttnDownBlock2D"
 _CROSS_ATTN_UP = "CrossAttnUpBlock2D"

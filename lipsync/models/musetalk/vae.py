@@ -19,7 +19,7 @@ from lipsync.config import (
 from lipsync.models.device import image_memory_format
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.networks import MuseTalkModels
 
 PIXEL_MAX = 255.0
 MASKED_FROM_ROW = FACE_SIZE // 2  # rows 128-255 (the mouth half) are blacked out in the masked copy

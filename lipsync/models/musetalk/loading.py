@@ -3,44 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file
 from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from lipsync.config import AUDIO_WINDOW_CHOICES, REFERENCE_AUDIO_WINDOW, ModelVersion
 from lipsync.errors import WeightsError
+from lipsync.models.checkpoint import listed_keys, load_strict, read_state_dict
 from lipsync.models.device import image_memory_format
-from lipsync.models.vae import convert_legacy_vae_keys
-from lipsync.models.weights import TRAINING_INFO_FILE, VERSION_LABELS, WeightsLayout, check_weights
+from lipsync.models.musetalk.networks import MuseTalkModels
+from lipsync.models.musetalk.vae import convert_legacy_vae_keys
+from lipsync.models.musetalk.weights import (
+    FAMILY,
+    TRAINING_INFO_FILE,
+    VERSION_LABELS,
+    WeightsLayout,
+    check_weights,
+)
+from lipsync.models.weights import WEIGHTS_MANIFEST, read_weights_manifest
 
-MAX_LISTED_KEYS = 10
 # Keys of a WhisperForConditionalGeneration (or WhisperModel) checkpoint: the encoder's, and the rest we skip.
 WHISPER_ENCODER_PREFIXES = ("model.encoder.", "encoder.")
 WHISPER_SKIPPED_PREFIXES = ("model.decoder.", "decoder.", "proj_out.")
-
-
-@dataclass
-class MuseTalkModels:
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    audio_encoder: WhisperEncoder  # float32 on the CPU (see load_models), else the UNet dtype
-    feature_extractor: WhisperFeatureExtractor
-    device: torch.device
-    dtype: torch.dtype
-    version: ModelVersion
-    untrained: bool
-    vae_weights: Path | None = None  # the file the VAE came from (prepared avatars depend on it)
-    audio_window: int = REFERENCE_AUDIO_WINDOW  # T video frames of audio per frame (from training_info)
 
 
 @dataclass(frozen=True)
@@ -53,105 +43,31 @@ class TrainingInfo:
     trained_by: str | None = None
 
 
-def read_training_info(unet_dir: Path) -> TrainingInfo:
-    """The exported UNet's training info, or the released weights' defaults when there is none."""
-    path = Path(unet_dir) / TRAINING_INFO_FILE
-    if not path.is_file():
-        return TrainingInfo()
+def read_training_info(root: Path, version: ModelVersion) -> TrainingInfo:
+    """The training info of ROOT's UNet: from lipsync.json, or (exports made before it) the
+    lipsync-training.json beside the UNet; the released weights' defaults when there is neither."""
+    entry = read_weights_manifest(root).get(FAMILY)
+    path = Path(root) / WEIGHTS_MANIFEST
+    data: dict[str, Any] | None = entry.training if entry is not None and entry.training else None
+    if data is None:
+        path = WeightsLayout(Path(root), version).unet_dir / TRAINING_INFO_FILE
+        if not path.is_file():
+            return TrainingInfo()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise WeightsError(
+                f"cannot read {path}: {exc}", "export the UNet again (`lipsync train`)"
+            ) from exc
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         info = TrainingInfo(**{k: v for k, v in data.items() if k in TrainingInfo.__dataclass_fields__})
-    except (OSError, ValueError, TypeError) as exc:
+    except TypeError as exc:
         raise WeightsError(f"cannot read {path}: {exc}", "export the UNet again (`lipsync train`)") from exc
     if info.audio_window not in AUDIO_WINDOW_CHOICES:
         raise WeightsError(
             f"{path} gives audio_window {info.audio_window}", f"it must be one of {AUDIO_WINDOW_CHOICES}"
         )
     return info
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a torch (zip or legacy) or safetensors file, on the CPU, without running pickled code."""
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(path, device="cpu")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"cannot read {path}: {exc}", "download the file again") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a plain state dict of tensors", "download the file again")
-    return state
-
-
-def save_atomically(data: Any, path: Path, legacy_format: bool = False) -> Path:
-    """torch.save to a temporary name beside `path`, then rename: a reader never sees half a file.
-    `legacy_format` writes the pre-1.6 (non-zip) format that some released files use."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        torch.save(data, tmp, _use_new_zipfile_serialization=not legacy_format)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _listed(keys: list[str]) -> str:
-    more = f" ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
-    return ", ".join(keys[:MAX_LISTED_KEYS]) + more
-
-
-BATCHNORM_COUNTER = "num_batches_tracked"
-DEFAULT_MISMATCH_FIX = "the file and its config do not belong together: download both again from the source"
-
-
-def load_strict(
-    model: nn.Module,
-    state: dict[str, torch.Tensor],
-    source: Path,
-    dtype: torch.dtype,
-    fix: str = DEFAULT_MISMATCH_FIX,
-    allow_missing_batchnorm_counters: bool = False,
-) -> None:
-    """Assign every tensor of `state` to the (meta-device) model; a missing, extra or misshapen key fails.
-
-    Files saved before PyTorch 0.4.1 have no BatchNorm `num_batches_tracked` buffers; with
-    `allow_missing_batchnorm_counters` those (and only those) are filled with 0, as PyTorch itself does.
-    """
-    expected = model.state_dict()
-    if allow_missing_batchnorm_counters:
-        state = dict(state)
-        for key in expected:
-            if key.endswith(BATCHNORM_COUNTER) and key not in state:
-                state[key] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {_listed(keys)}"
-        for label, keys in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
-        if keys
-    ]
-    if problems:
-        raise WeightsError(
-            f"{source} does not match the {type(model).__name__} of its config:\n  " + "\n  ".join(problems),
-            fix,
-        )
-    model.load_state_dict(
-        {k: v if k.endswith(BATCHNORM_COUNTER) else v.to(dtype) for k, v in state.items()},
-        strict=True,
-        assign=True,
-    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,7 +86,7 @@ def _whisper_encoder_state(state: dict[str, torch.Tensor], source: Path) -> dict
             stray.append(key)
     if stray:
         raise WeightsError(
-            f"{source} has keys of no whisper model: {_listed(stray)}",
+            f"{source} has keys of no whisper model: {listed_keys(stray)}",
             "use the pytorch_model.bin or model.safetensors of openai/whisper-tiny",
         )
     return encoder
@@ -203,7 +119,7 @@ def load_models(
     unet = load_unet(layout.unet_config, layout.unet_weights, dtype)
     _prepare(cast(nn.Module, unet), device, image_model=True)
     encoder, feature_extractor = load_whisper(layout, device, audio_dtype)
-    info = read_training_info(layout.unet_dir)
+    info = read_training_info(root, version)
     return MuseTalkModels(
         load_vae(layout, device, dtype),
         unet,

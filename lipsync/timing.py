@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -12,20 +12,19 @@ import torch
 
 
 class Stage(str, Enum):
+    """The stages every pipeline has; a generator adds its own (see `pipeline_times`)."""
+
     DECODE = "decode"
     LANDMARKS = "landmarks"
-    VAE_ENCODE = "vae encode"
     AUDIO_FEATURES = "audio features"
-    UNET = "unet"
-    VAE_DECODE = "vae decode"
     BLEND = "blend"
     ENCODE = "encode"
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent in each stage; GPU work is synchronised before the clock stops. The stages are the
-    dubbing ones unless `seconds` starts from another enum's members (as `lipsync eval` does)."""
+    """Seconds spent in each stage; GPU work is synchronised before the clock stops. `seconds` starts with
+    the stages in the order the table shows them; a stage measured that is not there is added at the end."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seconds: dict[Enum, float] = field(default_factory=lambda: dict.fromkeys(Stage, 0.0))
@@ -38,7 +37,7 @@ class StageTimes:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.seconds[stage] += time.perf_counter() - start
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
     @property
     def total(self) -> float:
@@ -47,6 +46,16 @@ class StageTimes:
     def table(self, frames: int) -> str:
         """One line per stage: total seconds and milliseconds per output frame."""
         return stage_table({stage.value: secs for stage, secs in self.seconds.items()}, frames)
+
+
+def pipeline_times(
+    prepare_stages: Sequence[Enum], generate_stages: Sequence[Enum], device: torch.device | None = None
+) -> StageTimes:
+    """Times for a pipeline run, stages in the order frames pass them: decode, landmarks, the generator's
+    prepare stages, audio features, its generate stages, blend, encode."""
+    order = [Stage.DECODE, Stage.LANDMARKS, *prepare_stages, Stage.AUDIO_FEATURES, *generate_stages]
+    order += [Stage.BLEND, Stage.ENCODE]
+    return StageTimes(device or torch.device("cpu"), dict.fromkeys(order, 0.0))
 
 
 def stage_table(seconds: Mapping[str, float], frames: int) -> str:

@@ -28,7 +28,7 @@ from lipsync.config import (
 )
 
 if TYPE_CHECKING:
-    from lipsync.models.loading import MuseTalkModels
+    from lipsync.models.musetalk.networks import MuseTalkModels
 
 
 def whisper_config(tiny: bool = False) -> dict[str, Any]:
@@ -66,11 +66,6 @@ def audio_window_start(frame_index: int, fps: Fraction, audio_window: int = REFE
     """
     own_first = math.floor(Fraction(frame_index) * WHISPER_FRAMES_PER_SECOND / Fraction(fps))
     return own_first - audio_window_left_frames(audio_window)
-
-
-def frame_count_for_audio(duration: Fraction, fps: Fraction) -> int:
-    """Video frames that fit in the audio: floor(duration * fps), exact."""
-    return math.floor(Fraction(duration) * Fraction(fps))
 
 
 class BlockedAudioFeatures(ABC):

@@ -1,7 +1,7 @@
 """Configuration in one place.
 
-Constants named here come from the MuseTalk reference implementation and papers
-(see ../shared/docs/reference-musetalk.md); settings are the user's choices, with defaults.
+Constants named here come from the MuseTalk paper and its public reference implementation (each fact,
+with its source, in lipsync/models/musetalk/README.md); settings are the user's choices, with defaults.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-# --- MuseTalk model geometry (reference §0, §1.5, §1.6) -------------------------------------------
+# --- MuseTalk model geometry (lipsync/models/musetalk/README.md: Latents, UNet) --------------------
 FACE_SIZE = 256  # face crop side fed to the VAE
 LATENT_SIZE = 32  # VAE latent side (FACE_SIZE / 8)
 LATENT_CHANNELS = 4
@@ -21,7 +21,7 @@ UNET_IN_CHANNELS = 8  # masked-frame latent (4) + reference latent (4)
 VAE_SCALING_FACTOR = 0.18215  # sd-vae-ft-mse latent scaling
 UNET_TIMESTEP = 0  # the UNet runs once, at this fixed timestep
 
-# --- Audio features (reference §1.7) --------------------------------------------------------------
+# --- Audio features (lipsync/models/musetalk/README.md: Audio features and windows) ----------------
 AUDIO_SAMPLE_RATE = 16_000  # whisper input rate
 WHISPER_FRAMES_PER_SECOND = 50  # encoder output: one frame per 20 ms
 WHISPER_SEGMENT_SECONDS = 30  # whisper encodes fixed 30 s windows
@@ -34,10 +34,10 @@ WHISPER_FRAMES_PER_TRAINING_FRAME = WHISPER_FRAMES_PER_SECOND // TRAINING_FPS
 AUDIO_WINDOW_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * (2 * AUDIO_CONTEXT_VIDEO_FRAMES + 1)
 AUDIO_WINDOW_LEFT_FRAMES = WHISPER_FRAMES_PER_TRAINING_FRAME * AUDIO_CONTEXT_VIDEO_FRAMES  # 4 = 80 ms
 AUDIO_TOKENS = AUDIO_WINDOW_FRAMES * WHISPER_HIDDEN_LAYERS  # 50 cross-attention tokens per frame
-# Adaptive audio modulation (paper §3.3): T video frames of audio per frame, centred on it. The released
-# weights use T = 5 (the window above); T is stored with trained weights so inference uses the same.
+# Adaptive audio modulation (MuseTalk paper §3.3): T video frames of audio per frame, centred on it. The
+# released weights use T = 5 (the window above); T is stored with trained weights so inference uses it.
 REFERENCE_AUDIO_WINDOW = 2 * AUDIO_CONTEXT_VIDEO_FRAMES + 1  # 5
-AUDIO_WINDOW_CHOICES = (1, 3, 5, 7, 9)  # the paper studies 1, 3, 5, 7
+AUDIO_WINDOW_CHOICES = (1, 3, 5, 7, 9)  # the MuseTalk paper's Table 4 studies these
 POSITIONAL_ENCODING_MAX_LEN = 5000
 POSITIONAL_ENCODING_BASE = 10_000  # sinusoidal PE wavelength base
 WHISPER_MEL_BINS = 80  # log-mel bins fed to the whisper encoder
@@ -55,7 +55,7 @@ PCM16_FULL_SCALE = 32767  # float 1.0 <-> this int16 value, both ways (so int16 
 SLIDING_BLOCK_FRAMES = 10  # whisper frames per encoder pass: 200 ms
 SLIDING_LOOKAHEAD_FRAMES = 10  # audio seen after a block before it is final: 200 ms
 
-# --- Face crop and blend (reference §1.4, §1.9) ---------------------------------------------------
+# --- Face crop and blend (lipsync/models/musetalk/README.md: Crop box, Blend and paste back) -------
 DEFAULT_EXTRA_MARGIN_V15 = 10  # px added below the chin (v1.5)
 BLEND_FEATHER_RATIO = 0.05  # Gaussian feather width as a fraction of the crop width
 MASK_UPPER_BOUNDARY_RATIO = 0.5  # only rows below this fraction of the box height are replaced

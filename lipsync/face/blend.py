@@ -1,4 +1,4 @@
-"""Paste a generated face back into its frame (reference §1.9, step 6)."""
+"""Paste a generated face back into its frame (lipsync/models/musetalk/README.md, Blend and paste back)."""
 
 from __future__ import annotations
 

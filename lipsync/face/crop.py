@@ -1,4 +1,7 @@
-"""The MuseTalk crop box (reference §1.4) and the 256x256 face crop (§1.5)."""
+"""The MuseTalk crop box and the 256x256 face crop.
+
+See lipsync/models/musetalk/README.md, sections Crop box and Face crop and masking.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Face landmarks: MediaPipe FaceMesh, reduced to the 68 iBUG roles the MuseTalk crop is defined on.
 
-The reference (§1.3) uses DWPose's 68 iBUG points; FaceMesh gives 468 points on a denser mesh. Each
-iBUG role is taken from the FaceMesh vertex at the same anatomical spot, chosen on real frames so that
-the spacing along each contour matches the iBUG layout.
+MuseTalk's reference code uses DWPose's 68 iBUG points (lipsync/models/musetalk/README.md, Crop box);
+FaceMesh gives 468 points on a denser mesh. Each iBUG role is taken from the FaceMesh vertex at the same
+anatomical spot, chosen on real frames so that the spacing along each contour matches the iBUG layout.
 """
 
 from __future__ import annotations

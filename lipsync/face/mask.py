@@ -1,7 +1,8 @@
-"""The blend mask: which pixels of the generated face replace the frame (reference §1.9).
+"""The blend mask: which pixels of the generated face replace the frame.
 
-The reference segments the face with a face parser; here the region comes from the landmarks' face
-oval, grown a little (MuseTalk v1.5's "jaw" mode) so an opening mouth can move the chin and jaw.
+MuseTalk's reference code segments the face with a face parser; here the region comes from the landmarks'
+face oval, grown a little (like v1.5's "jaw" mode) so an opening mouth can move the chin and jaw. See
+lipsync/models/musetalk/README.md, Blend and paste back.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ L2-normalised and non-negative (the encoders end in a ReLU), so their cosine sim
 reads as a sync probability.
 
 * `StableSyncNet`: the layout of LatentSync's "stable syncnet" (config `syncnet_16_pixel`), whose
-  released checkpoint `latentsync_syncnet.pt` the MuseTalk reference uses for its sync loss (reference
-  §3.5). Its parameter names and padding match that checkpoint exactly, so it loads strictly.
+  released checkpoint `latentsync_syncnet.pt` the MuseTalk reference code uses for its sync loss
+  (lipsync/models/musetalk/README.md, Training losses). Its parameter names and padding match that
+  checkpoint exactly, so it loads strictly.
 * `Wav2LipSyncNet`: our own Wav2Lip-style network (conv + GroupNorm + ReLU blocks with residuals) with
   time-aligned embeddings (see its doc), small enough to train from scratch on modest data: 5 frames,
   96 px faces, 640-d embeddings (128 per frame) at full width.

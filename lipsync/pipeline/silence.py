@@ -1,8 +1,9 @@
 """Where the speech is silent, keep the source mouth instead of generating mouth flutter.
 
 MuseTalk's training data rarely shows closed mouths in pauses, so its lips keep moving in
-silence (reference §6, complaint 1). For each output frame we look at the same 200 ms of audio
-the model would see; if it is quiet relative to the speech, that frame keeps its source mouth.
+silence (lipsync/models/musetalk/README.md, Where lipsync deliberately differs). For each output
+frame we look at the same 200 ms of audio the model would see; if it is quiet relative to the
+speech, that frame keeps its source mouth.
 The blend strength ramps in and out over a few frames so the switch is not a visible jump.
 """
 

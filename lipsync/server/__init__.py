@@ -1,1 +1,1 @@
-"""Network server for real-time avatars (see issue 3)."""
+"""Network server for real-time avatars (protocol: docs/streaming-protocol.md)."""

@@ -1,1 +1,1 @@
-"""Training (see issue 4)."""
+"""Training: data preparation, reference sampling, losses, UNet and SyncNet trainers (docs/training.md)."""

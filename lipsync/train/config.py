@@ -1,7 +1,8 @@
 """Training configuration: dataclasses with the papers' and the reference's values, loaded from YAML.
 
 Every YAML key maps to a field here; an unknown key, a wrong type or a missing file is an error naming it.
-Defaults are the reference's stage settings (../shared/docs/reference-musetalk.md §3.6) unless noted.
+Defaults are the reference code's stage settings (lipsync/models/musetalk/README.md, Training stages)
+unless noted.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the reference frame of each target frame is chosen (reference §3.3, paper §3.2)."""
+    """How the reference frame of each target frame is chosen (MuseTalk paper §3.2;
+    lipsync/models/musetalk/README.md, Reference sampling (SIS))."""
 
     method: SamplingMethod = "sis"
     top_k_ratio: float = 0.51  # reference value; the paper says 0.4
@@ -62,7 +64,7 @@ class MarginConfig:
 
 @dataclass(frozen=True)
 class PerceptualConfig:
-    """Multi-scale VGG19 perceptual loss (reference §3.5)."""
+    """Multi-scale VGG19 perceptual loss (lipsync/models/musetalk/README.md, Training losses)."""
 
     vgg19_weights: Path | None = None  # torchvision's vgg19-dcbb9e9d.pth; None = untrained (tests only)
     width_divisor: int = 1  # >1 narrows every VGG layer: tiny test configs only
@@ -73,7 +75,8 @@ class PerceptualConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """pix2pix-style spectral-norm patch discriminator (reference §3.5)."""
+    """pix2pix-style spectral-norm patch discriminator (lipsync/models/musetalk/README.md, Training
+    losses)."""
 
     block_expansion: int = 32
     num_blocks: int = 4

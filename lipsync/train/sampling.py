@@ -1,8 +1,9 @@
 """Reference-frame sampling and the face crop with stage 2's dynamic bottom margin.
 
-Selective Information Sampling (paper §3.2, reference §3.3): the reference image of a target frame is a
-frame of the same clip whose head pose is close to the target's (jaw contour) while its mouth is clearly
-different (inner lips), so the UNet copies texture from the reference but must take the mouth from audio.
+Selective Information Sampling (MuseTalk paper §3.2; lipsync/models/musetalk/README.md, Reference
+sampling (SIS)): the reference image of a target frame is a frame of the same clip whose head pose is close
+to the target's (jaw contour) while its mouth is clearly different (inner lips), so the UNet copies texture
+from the reference but must take the mouth from audio.
 
 Landmarks are compared in each frame's own 256x256 face crop, so head translation and scale do not count.
 Every method returns a "legal" frame: inside the clip and at least `min_distance` frames from the target.

@@ -1,6 +1,7 @@
 """SyncNet training pairs from a prepared dataset.
 
-A pair is F consecutive face frames of a clip and a SyncNet mel window (reference §3.2) of F frames:
+A pair is F consecutive face frames of a clip and a SyncNet mel window of F frames (the mel: see
+lipsync/models/musetalk/README.md, SyncNet mel):
 * positive (label 1): the mel window of the same frames;
 * negative (label 0): the same faces with the mel window of the same clip starting at least
   `negative_min_offset` frames away (so only the timing is wrong: same voice, same recording).
@@ -9,7 +10,7 @@ Faces are cut from the stored crops exactly as for the UNet (the face box resize
 `lipsync.train.sampling.crop_face`), scaled to [-1, 1] and passed through `prepare_faces` (resize to the
 SyncNet's image size, lower half), so a batch holds model-ready input.
 
-Batches are single-identity by default (MuseTalk paper §3.3: every sample of a batch, positives and
+Batches are single-identity by default (MuseTalk paper §4.4: every sample of a batch, positives and
 negatives, comes from ONE speaker, so the net cannot score identity instead of timing), or mixed.
 Every batch has as many positives as negatives (one more positive when the size is odd).
 """

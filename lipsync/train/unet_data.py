@@ -1,4 +1,6 @@
-"""UNet training samples from a prepared dataset (reference §3.2-3.4, paper §3.2-3.3).
+"""UNet training samples from a prepared dataset (MuseTalk paper §3.2-3.3).
+
+See lipsync/models/musetalk/README.md, Training.
 
 A sample is F = clip_frames consecutive target frames of one clip, one reference frame per target (chosen by
 the sampling strategy), each target's whisper window exactly as inference gathers it, the SyncNet mel

@@ -62,7 +62,9 @@ def audio_window_start(frame_index: int, fps: Fraction, audio_window: int = REFE
 
     For the reference's T = 5 the window [start, start + 10) starts 80 ms before the frame's start time
     and spans 200 ms; at 25 fps it is [2i - 4, 2i + 6), the convention the weights were trained with.
-    In general it is the 2T whisper frames centred on the frame's own two.
+    In general it is the 2T whisper frames centred on the frame's own two. Unlike the reference code's
+    window (int(fps), wider left padding below 25 fps) this keeps that lead at every rate: see this
+    folder's README, Audio features and windows, and its table of deliberate differences.
     """
     own_first = math.floor(Fraction(frame_index) * WHISPER_FRAMES_PER_SECOND / Fraction(fps))
     return own_first - audio_window_left_frames(audio_window)

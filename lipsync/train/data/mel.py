@@ -1,4 +1,6 @@
-"""The SyncNet log-mel spectrogram (the Wav2Lip recipe MuseTalk's training uses, reference §3.2).
+"""The SyncNet log-mel spectrogram (the Wav2Lip recipe MuseTalk's training uses).
+
+See lipsync/models/musetalk/README.md, SyncNet mel.
 
 16 kHz mono audio -> (80, M) float32 in [-4, 4], 80 columns per second (one per 200 samples). A video
 frame at 25 fps spans 16/5 columns; `mel_window` cuts the columns SyncNet sees for a run of frames.

@@ -51,7 +51,8 @@ from lipsync.train.data.mel import syncnet_mel
 
 VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
 MAX_DEFAULT_JOBS = 4
-# The inference crop box (reference §1.4) without user tuning: training and inference crop alike.
+# The inference crop box (lipsync/models/musetalk/README.md, Crop box) without user tuning: training and
+# inference crop alike.
 PREPARE_FACE_SETTINGS = FaceSettings(bbox_shift=0, extra_margin=0)
 ID_SEPARATOR = "__"  # between speaker, source name and start frame in keys and clip ids
 START_FRAME_DIGITS = 6

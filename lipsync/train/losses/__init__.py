@@ -1,4 +1,6 @@
-"""The generator's training losses, in pixel space on decoded 256×256 faces in [-1, 1] (reference §3.5).
+"""The generator's training losses, in pixel space on decoded 256×256 faces in [-1, 1].
+
+See lipsync/models/musetalk/README.md, Training losses.
 
 Total (reference): 1.0·L1 + 0.01·perceptual + 0.01·GAN·[step ≥ 1000] + FM + 0.01·mouth GAN·[step ≥ 1000]
 + FM_mouth + sync; the weights live in `lipsync.train.config.LossConfig`.
@@ -31,7 +33,7 @@ from lipsync.train.losses.perceptual import (
 
 
 def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Reconstruction term (paper eq. 1): mean|prediction − target|."""
+    """Reconstruction term (MuseTalk paper eq. 1): mean|prediction − target|."""
     return (prediction - target).abs().mean()
 
 

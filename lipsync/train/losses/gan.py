@@ -1,4 +1,6 @@
-"""Patch discriminator and LSGAN losses (reference §3.5; paper eq. 3–5, in the least-squares form).
+"""Patch discriminator and LSGAN losses (MuseTalk paper eq. 3–5, in the least-squares form).
+
+See lipsync/models/musetalk/README.md, Training losses.
 
 The reference uses a pix2pix-style spectral-norm patch discriminator at a single scale, LSGAN objectives and
 an L1 feature-matching term on the discriminator's block outputs. It shows the generator's adversarial term

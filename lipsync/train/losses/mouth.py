@@ -1,4 +1,4 @@
-"""Mouth boxes and crops for the mouth discriminator (reference §3.2 "mouth box mask", §3.5 "Mouth GAN").
+"""Mouth boxes and crops for the mouth discriminator (lipsync/models/musetalk/README.md, Training losses).
 
 The reference takes the lip landmarks in 256-crop coordinates, pads their x-range by `padding` px each side,
 makes the box half as tall as it is wide around the lip centre, shifts it up by an extra-margin term, clips

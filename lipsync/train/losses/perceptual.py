@@ -1,4 +1,6 @@
-"""Multi-scale VGG19 perceptual loss (reference §3.5; paper eq. 2).
+"""Multi-scale VGG19 perceptual loss (MuseTalk paper eq. 2).
+
+See lipsync/models/musetalk/README.md, Training losses.
 
 The reference runs torchvision's ImageNet VGG19 `features` on an anti-aliased image pyramid of the 224×224
 resized images and sums weighted L1 distances of the relu1_1 … relu5_1 activations. We define the network

@@ -1,4 +1,6 @@
-"""The lip-sync loss (paper eq. 6, reference §3.5): a frozen SyncNet scores generated faces against audio.
+"""The lip-sync loss (MuseTalk paper eq. 6): a frozen SyncNet scores generated faces against audio.
+
+See lipsync/models/musetalk/README.md, Training losses.
 
 L_sync = mean_i BCE(clamp(cos(audio_i, vision_i), 0, 1), 1) = mean_i -log P_sync(i).
 

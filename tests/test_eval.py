@@ -11,12 +11,12 @@ import pytest
 from lipsync.cli.main import main
 from lipsync.config import DubSettings, RuntimeSettings
 from lipsync.errors import InputError, OutputError, WeightsError
+from lipsync.eval.networks.inception import FID_WEIGHTS_FILE
+from lipsync.eval.networks.syncnet_v2 import SYNCNET_V2_FILE
+from lipsync.eval.networks.weights import EvalWeightFiles, scaffold_eval_weights
 from lipsync.eval.report import compare_reports
 from lipsync.eval.run import EvalOptions, evaluate
-from lipsync.models.eval_weights import EvalWeightFiles, scaffold_eval_weights
-from lipsync.models.inception_fid import FID_WEIGHTS_FILE
 from lipsync.models.syncnet import SyncNetSpec, build_syncnet, save_syncnet
-from lipsync.models.syncnet_v2 import SYNCNET_V2_FILE
 from lipsync.pipeline.dub import DubPipeline
 
 from conftest import media, tiny_syncnet_config, write_clip

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lipsync.errors import WeightsError
 from lipsync.eval.fid import FeatureStats, fid_between, frechet_distance, inception_features
-from lipsync.models.inception_fid import (
+from lipsync.eval.networks.inception import (
     FID_FEATURE_DIM,
     FID_WEIGHTS_FILE,
     FidInceptionV3,

@@ -10,7 +10,7 @@ import torch
 
 from lipsync.errors import WeightsError
 from lipsync.eval.identity import arcface_embeddings, arcface_input, matched_cosine
-from lipsync.models.arcface import (
+from lipsync.eval.networks.arcface import (
     ARCFACE_EMBED_DIM,
     IRESNET_LAYERS,
     IResNet,

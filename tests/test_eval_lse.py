@@ -23,8 +23,7 @@ from lipsync.eval.lse import (
     syncnet_mfcc,
     window_count,
 )
-from lipsync.io.audio import to_pcm16
-from lipsync.models.syncnet_v2 import (
+from lipsync.eval.networks.syncnet_v2 import (
     SYNCNET_V2_EMBED_DIM,
     SYNCNET_V2_FILE,
     SyncEmbedder,
@@ -32,6 +31,7 @@ from lipsync.models.syncnet_v2 import (
     load_syncnet_v2,
     save_random_syncnet_v2,
 )
+from lipsync.io.audio import to_pcm16
 
 # --- SyncNet v2 layout ---------------------------------------------------------------------------------
 

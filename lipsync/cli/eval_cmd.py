@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lipsync.cli.options import positive_int
 from lipsync.errors import InputError, WeightsError
-from lipsync.models.eval_weights import DEFAULT_EVAL_WEIGHTS
+from lipsync.eval.networks.weights import DEFAULT_EVAL_WEIGHTS
 
 DESCRIPTION = (
     "Compute LSE-D/LSE-C/AV offset (syncnet_v2), FID (face crops and full frames), CSIM (ArcFace), LMD, "
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
             "lipsync eval needs GENERATED and --out REPORT_DIR (or --compare REPORT ...)",
             "e.g. lipsync eval out/dub.mp4 --reference source.mp4 --out out/eval",
         )
+    from lipsync.eval.networks.weights import EvalWeightFiles
     from lipsync.eval.run import EvalOptions, evaluate
-    from lipsync.models.eval_weights import EvalWeightFiles
 
     for option, given in [
         ("--syncnet-v2", args.syncnet_v2),

@@ -97,7 +97,7 @@ def run_weights(args: argparse.Namespace) -> int:
     from lipsync.models.families import families_in, family
 
     if args.weights_command == "scaffold-eval":
-        from lipsync.models.eval_weights import scaffold_eval_weights
+        from lipsync.eval.networks.weights import scaffold_eval_weights
 
         written = scaffold_eval_weights(args.dir, args.arcface)
         print(f"wrote UNTRAINED metric weights to {args.dir}: {', '.join(p.name for p in written)}")

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from lipsync.models.inception_fid import FID_FEATURE_DIM, FidInceptionV3
+from lipsync.eval.networks.inception import FID_FEATURE_DIM, FidInceptionV3
 
 DEFAULT_EPS = 1e-6  # pytorch-fid's offset for a singular product
 IMAGINARY_TOLERANCE = 1e-3  # largest |imag| on the diagonal of the root taken as rounding error

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from lipsync.models.arcface import ARCFACE_EMBED_DIM, ARCFACE_INPUT_SIZE, IResNet
+from lipsync.eval.networks.arcface import ARCFACE_EMBED_DIM, ARCFACE_INPUT_SIZE, IResNet
 
 PIXEL_MAX = 255.0
 NORM_MEAN = 0.5

@@ -31,9 +31,7 @@ from scipy.signal import medfilt
 from torch import Tensor
 
 from lipsync.errors import InputError
-from lipsync.eval.windows import SlidingWindowEmbedder
-from lipsync.io.audio import to_pcm16
-from lipsync.models.syncnet_v2 import (
+from lipsync.eval.networks.syncnet_v2 import (
     SYNCNET_V2_CHANNELS,
     SYNCNET_V2_EMBED_DIM,
     SYNCNET_V2_FRAMES,
@@ -42,6 +40,8 @@ from lipsync.models.syncnet_v2 import (
     SYNCNET_V2_MFCC_COLUMNS,
     SyncEmbedder,
 )
+from lipsync.eval.windows import SlidingWindowEmbedder
+from lipsync.io.audio import to_pcm16
 
 VSHIFT = 15  # run_syncnet.py's default (calc_pdist's own default is 10)
 MFCC_COLUMNS_PER_FRAME = 4

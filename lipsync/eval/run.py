@@ -41,6 +41,10 @@ from lipsync.eval.lse import (
     syncnet_mfcc,
     window_count,
 )
+from lipsync.eval.networks.arcface import IResNet, load_arcface
+from lipsync.eval.networks.inception import FidInceptionV3, load_fid_inception
+from lipsync.eval.networks.syncnet_v2 import SyncNetV2, load_syncnet_v2
+from lipsync.eval.networks.weights import SOURCES, EvalWeightFiles, is_untrained_file
 from lipsync.eval.own_sync import OwnSyncResult, OwnSyncScorer
 from lipsync.eval.report import (
     HTML_FILE,
@@ -54,12 +58,8 @@ from lipsync.eval.report import (
 )
 from lipsync.eval.sync_crop import sync_boxes, sync_crop
 from lipsync.face.crop import crop_face
-from lipsync.models.arcface import IResNet, load_arcface
 from lipsync.models.device import resolve_device
-from lipsync.models.eval_weights import SOURCES, EvalWeightFiles, is_untrained_file
-from lipsync.models.inception_fid import FidInceptionV3, load_fid_inception
 from lipsync.models.syncnet import load_syncnet
-from lipsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
 from lipsync.timing import StageTimes
 
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
-from lipsync.models.syncnet_v2 import SYNCNET_V2_IMAGE_SIZE
+from lipsync.eval.networks.syncnet_v2 import SYNCNET_V2_IMAGE_SIZE
 
 BOX_MEDIAN_KERNEL = 13  # frames (syncnet_python's track smoothing)
 CROP_SCALE = 0.40  # syncnet_python's crop_scale

@@ -12,6 +12,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+from lipsync.errors import LoadBenchError
+
 # --- MuseTalk model geometry (lipsync/models/musetalk/README.md: Latents, UNet) --------------------
 FACE_SIZE = 256  # face crop side fed to the VAE
 LATENT_SIZE = 32  # VAE latent side (FACE_SIZE / 8)
@@ -170,6 +172,9 @@ class StreamSettings:
 # --- Folders ---------------------------------------------------------------------------------------
 WEIGHTS_ENV, DEFAULT_WEIGHTS_DIR = "LIPSYNC_WEIGHTS", "models"
 AVATARS_ENV, DEFAULT_AVATARS_DIR = "LIPSYNC_AVATARS", "avatars"
+EVAL_WEIGHTS_ENV = "LIPSYNC_EVAL_WEIGHTS"
+# Folder of the metric networks' weight files for `lipsync eval`: $LIPSYNC_EVAL_WEIGHTS, else ./models/eval.
+DEFAULT_EVAL_WEIGHTS = Path(os.environ.get(EVAL_WEIGHTS_ENV, "models/eval"))
 
 
 def default_weights_dir() -> Path:
@@ -185,6 +190,7 @@ def default_avatars_dir() -> Path:
 # --- Server ----------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+TOKEN_ENV = "LIPSYNC_TOKEN"  # the server's token, when --token is not given
 
 
 @dataclass(frozen=True)
@@ -200,3 +206,35 @@ class ServerSettings:
     max_buffered_frames: int = 50  # frames waiting to be sent; beyond this the oldest are dropped
     jpeg_quality: int = 85
     stream: StreamSettings = StreamSettings(drop_when_full=True)
+
+
+# --- Live load benchmark (`lipsync bench-live`) ----------------------------------------------------
+LoadBenchPace = Literal["realtime", "fast"]  # realtime: chunks sent as a live speaker would
+
+
+@dataclass(frozen=True)
+class LoadBenchSettings:
+    """What to run: the same speech, streamed by 1, 2, 4 ... sessions at once."""
+
+    sessions: tuple[int, ...] = (1, 2, 4)
+    chunk_ms: float = 40.0
+    pace: LoadBenchPace = "realtime"
+    seconds: float | None = None  # audio per session is cut to this
+    timeout_s: float = 300.0  # per concurrency level
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sessions or min(self.sessions) < 1:
+            raise LoadBenchError(
+                f"sessions {self.sessions} must be whole numbers >= 1", "e.g. --sessions 1,2,4"
+            )
+        if self.chunk_ms <= 0:
+            raise LoadBenchError(f"chunk length {self.chunk_ms} ms must be positive", "e.g. --chunk-ms 40")
+        if self.seconds is not None and self.seconds <= 0:
+            raise LoadBenchError(f"--seconds {self.seconds} must be positive", "e.g. --seconds 5")
+        if self.timeout_s <= 0:
+            raise LoadBenchError(f"--timeout {self.timeout_s} must be positive", "e.g. --timeout 120")
+
+    @property
+    def chunk_samples(self) -> int:
+        return max(1, round(self.chunk_ms * AUDIO_SAMPLE_RATE / 1000))

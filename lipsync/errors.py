@@ -35,3 +35,7 @@ class WeightsError(LipsyncError):
 
 class OutputError(LipsyncError):
     """An output path that cannot be written."""
+
+
+class LoadBenchError(LipsyncError):
+    """`lipsync bench-live` could not run (no server, no avatar, bad options)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,19 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
+CI_ENV = "CI"  # set (to anything) by CI services: there a missing media file fails instead of skipping
 
 
 def media(name: str) -> Path:
+    """A file of the shared media next to the checkout; skipped without it, except in CI (a failure)."""
     path = MEDIA / name
     if not path.exists():
+        if os.environ.get(CI_ENV):
+            pytest.fail(
+                f"shared media {path} is missing, and ${CI_ENV} is set: the shared media must sit next to "
+                f"the checkout, in {MEDIA} (tests that need it must not silently skip in CI)",
+                pytrace=False,
+            )
         pytest.skip(f"shared media {path} is not available")
     return path
 

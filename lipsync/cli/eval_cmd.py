@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 from lipsync.cli.options import positive_int
+from lipsync.config import DEFAULT_EVAL_WEIGHTS, DeviceChoice
 from lipsync.errors import InputError, WeightsError
-from lipsync.eval.networks.weights import DEFAULT_EVAL_WEIGHTS
 
 DESCRIPTION = (
     "Compute LSE-D/LSE-C/AV offset (syncnet_v2), FID (face crops and full frames), CSIM (ArcFace), LMD, "
@@ -43,8 +44,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--arcface", type=Path, help="ArcFace iresnet backbone.pth (default: in --eval-weights)")
     ev.add_argument("--syncnet", type=Path, help="our SyncNet checkpoint (`lipsync train syncnet`)")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ev.add_argument("--batch-size", type=positive_int, default=16, help="frames per network pass")
+    # Left unset, --device and --batch-size keep EvalOptions' defaults: its module imports torch, so the
+    # parser neither reads them from it (`lipsync --help` stays quick) nor repeats them.
+    ev.add_argument(
+        "--device", choices=get_args(DeviceChoice), help="where the metric networks run (default: auto)"
+    )
+    ev.add_argument(
+        "--batch-size", type=positive_int, help="frames per network pass (default: the evaluator's own)"
+    )
     ev.add_argument("--max-frames", type=positive_int, help="evaluate only the first N frames (at 25 fps)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -77,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     weights = EvalWeightFiles.in_folder(
         args.eval_weights, args.syncnet_v2, args.inception, args.arcface, args.syncnet
     )
+    chosen = {"device": args.device, "batch_size": args.batch_size}
     options = EvalOptions(
-        device=args.device, batch_size=args.batch_size, max_frames=args.max_frames, progress=not args.quiet
+        max_frames=args.max_frames,
+        progress=not args.quiet,
+        **{name: value for name, value in chosen.items() if value is not None},
     )
     report = evaluate(
         args.generated, args.out, args.reference, args.audio, weights, options, force=args.force

@@ -6,13 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 from lipsync.cli.options import add_avatars_option, add_model_options, settings_from_args
+from lipsync.config import TOKEN_ENV, LoadBenchPace, LoadBenchSettings
 
+DEFAULTS = LoadBenchSettings()
 DEFAULT_AUDIO = Path("../shared/media/speech_44k_stereo.wav")
-DEFAULT_SESSIONS = "1,2,4"
-DEFAULT_CHUNK_MS = 40.0
-DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_SESSIONS = ",".join(str(count) for count in DEFAULTS.sessions)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,8 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8765 (default: start one here)")
     bench.add_argument(
         "--token",
-        default=os.environ.get("LIPSYNC_TOKEN"),
-        help="the --url server's token (default $LIPSYNC_TOKEN)",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"the --url server's token (default ${TOKEN_ENV})",
     )
     bench.add_argument("--avatar", help="prepared avatar to use (default: the first the server lists)")
     add_avatars_option(bench)  # these and the model options serve the in-process server
@@ -42,19 +43,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--sessions",
         type=_session_counts,
-        default=_session_counts(DEFAULT_SESSIONS),
+        default=DEFAULTS.sessions,
         help=f"concurrent sessions to try, one run each (default {DEFAULT_SESSIONS})",
     )
     bench.add_argument(
         "--chunk-ms",
         type=_positive_float,
-        default=DEFAULT_CHUNK_MS,
-        help=f"audio per WebSocket message (default {DEFAULT_CHUNK_MS:g})",
+        default=DEFAULTS.chunk_ms,
+        help=f"audio per WebSocket message (default {DEFAULTS.chunk_ms:g})",
     )
     bench.add_argument(
         "--pace",
-        choices=["realtime", "fast"],
-        default="realtime",
+        choices=get_args(LoadBenchPace),
+        default=DEFAULTS.pace,
         help="send chunks as a live speaker would (default), or as fast as the socket takes them",
     )
     bench.add_argument(
@@ -63,8 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--timeout",
         type=_positive_float,
-        default=DEFAULT_TIMEOUT_S,
-        help=f"seconds each run may take (default {DEFAULT_TIMEOUT_S:g})",
+        default=DEFAULTS.timeout_s,
+        help=f"seconds each run may take (default {DEFAULTS.timeout_s:g})",
     )
     bench.add_argument("--no-warmup", action="store_true", help="skip the short unmeasured first session")
     bench.add_argument("--json", type=Path, help="also write the report here")
@@ -92,7 +93,7 @@ def _progress(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lipsync.server.loadbench import LoadBenchSettings, LocalServerOptions, run_loadbench
+    from lipsync.server.loadbench import LocalServerOptions, run_loadbench
 
     settings = LoadBenchSettings(
         sessions=args.sessions,

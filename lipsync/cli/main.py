@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "for `lipsync eval`",
     )
     scaffold_eval.add_argument("dir", type=Path)
-    scaffold_eval.add_argument(
-        "--arcface", choices=["r18", "r34", "r50", "r100"], default="r18", help="iresnet depth (default r18)"
+    scaffold_eval.add_argument(  # unset: scaffold_eval_weights' own default depth
+        "--arcface", choices=["r18", "r34", "r50", "r100"], help="iresnet depth (default: the smallest)"
     )
 
     bench = commands.add_parser("bench", help="milliseconds per frame for every stage, and frames per second")
@@ -99,7 +99,7 @@ def run_weights(args: argparse.Namespace) -> int:
     if args.weights_command == "scaffold-eval":
         from lipsync.eval.networks.weights import scaffold_eval_weights
 
-        written = scaffold_eval_weights(args.dir, args.arcface)
+        written = scaffold_eval_weights(args.dir, *([args.arcface] if args.arcface else []))
         print(f"wrote UNTRAINED metric weights to {args.dir}: {', '.join(p.name for p in written)}")
         print("figures computed with them are labelled untrained; they only show that `lipsync eval` runs")
         return 0

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from lipsync.cli.options import add_avatars_option, add_model_options, positive_int, settings_from_args
-from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,9 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     serve.add_argument(
         "--token",
-        default=os.environ.get("LIPSYNC_TOKEN"),
+        default=os.environ.get(TOKEN_ENV),
         help="secret clients must send (Authorization: Bearer TOKEN, or ?token= on the WebSocket); "
-        "default $LIPSYNC_TOKEN; required unless bound to loopback",
+        f"default ${TOKEN_ENV}; required unless bound to loopback",
     )
     add_model_options(serve, batch=False)
     add_avatars_option(serve)

@@ -22,20 +22,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, ServerSettings
-from lipsync.errors import LipsyncError
+from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, LoadBenchPace, LoadBenchSettings, ServerSettings
+from lipsync.errors import LipsyncError, LoadBenchError
 from lipsync.io.audio import load_audio
 from lipsync.server.protocol import END_MESSAGE, decode_frame, float_to_pcm
 from lipsync.server.run import TRANSPORT_SLACK_BYTES
 
-Pace = Literal["realtime", "fast"]
 Progress = Callable[[str], None]
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -48,43 +47,10 @@ MAX_FRAME_MESSAGE_BYTES = 64 << 20  # frames are a JPEG plus a little PCM; this 
 PCM_SAMPLE_BYTES = 2
 WARMUP_SECONDS = 1.0  # audio of the unmeasured session that runs first (model warm-up)
 MS_PER_S = 1000.0
-DEFAULT_TIMEOUT_S = 300.0
-
-
-class LoadBenchError(LipsyncError):
-    """The benchmark could not run (no server, no avatar, bad options)."""
 
 
 # ---------------------------------------------------------------------------------------------------
-# Settings and results
-
-
-@dataclass(frozen=True)
-class LoadBenchSettings:
-    """What to run: the same speech, streamed by 1, 2, 4 ... sessions at once."""
-
-    sessions: tuple[int, ...] = (1, 2, 4)
-    chunk_ms: float = 40.0
-    pace: Pace = "realtime"
-    seconds: float | None = None  # audio per session is cut to this
-    timeout_s: float = DEFAULT_TIMEOUT_S  # per concurrency level
-    warmup: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.sessions or min(self.sessions) < 1:
-            raise LoadBenchError(
-                f"sessions {self.sessions} must be whole numbers >= 1", "e.g. --sessions 1,2,4"
-            )
-        if self.chunk_ms <= 0:
-            raise LoadBenchError(f"chunk length {self.chunk_ms} ms must be positive", "e.g. --chunk-ms 40")
-        if self.seconds is not None and self.seconds <= 0:
-            raise LoadBenchError(f"--seconds {self.seconds} must be positive", "e.g. --seconds 5")
-        if self.timeout_s <= 0:
-            raise LoadBenchError(f"--timeout {self.timeout_s} must be positive", "e.g. --timeout 120")
-
-    @property
-    def chunk_samples(self) -> int:
-        return max(1, round(self.chunk_ms * AUDIO_SAMPLE_RATE / MS_PER_S))
+# Settings (LoadBenchSettings, in lipsync.config with the other settings) and results
 
 
 @dataclass(frozen=True)
@@ -176,7 +142,7 @@ class LoadBenchReport:
     audio: str
     audio_seconds: float
     chunk_ms: float
-    pace: Pace
+    pace: LoadBenchPace
     runs: tuple[ConcurrencyResult, ...]
 
     @property
@@ -475,7 +441,7 @@ async def _read_ready(connection: ClientConnection) -> Fraction:
 
 
 async def _send_audio(
-    connection: ClientConnection, record: SessionRecord, pcm: bytes, chunk_seconds: float, pace: Pace
+    connection: ClientConnection, record: SessionRecord, pcm: bytes, chunk_seconds: float, pace: LoadBenchPace
 ) -> None:
     chunk_bytes = record.chunk_samples * PCM_SAMPLE_BYTES
     start = time.perf_counter()

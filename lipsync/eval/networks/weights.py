@@ -14,17 +14,16 @@ absent is reported as skipped, naming the file; it is never estimated.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lipsync.config import DEFAULT_EVAL_WEIGHTS
 from lipsync.errors import WeightsError
 from lipsync.eval.networks.arcface import ARCFACE_SOURCE, save_random_arcface
 from lipsync.eval.networks.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_SOURCE, save_random_fid_inception
 from lipsync.eval.networks.syncnet_v2 import SYNCNET_V2_FILE, SYNCNET_V2_SOURCE, save_random_syncnet_v2
 from lipsync.models.weights import UNTRAINED_MARKER
 
-DEFAULT_EVAL_WEIGHTS = Path(os.environ.get("LIPSYNC_EVAL_WEIGHTS", "models/eval"))
 ARCFACE_FILE = "backbone.pth"  # the name insightface's arcface_torch releases give the iresnet weights
 
 

@@ -30,12 +30,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lipsync.config import AUDIO_SAMPLE_RATE, FACE_SIZE, TRAINING_FPS
 from lipsync.errors import LipsyncError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DATASET_FORMAT = "lipsync-dataset"
 DATASET_FORMAT_VERSION = 1
@@ -169,6 +170,8 @@ def write_clip_meta(folder: Path, meta: ClipMeta) -> None:
 
 
 def read_clip(folder: Path, with_whisper: bool = True) -> PreparedClip:
+    import numpy as np  # here, not at the top: `lipsync data --help` reads DatasetSettings without numpy
+
     folder = Path(folder)
     meta = ClipMeta(**read_json(folder / CLIP_FILE))
     arrays: dict[str, np.ndarray] = {}

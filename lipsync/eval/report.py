@@ -128,8 +128,8 @@ class EvalReport:
     def to_json(self) -> dict[str, Any]:
         return _finite(asdict(self))
 
-    def write(self, folder: Path) -> Path:
-        path = folder / REPORT_FILE
+    def write(self, path: Path) -> Path:
+        """The report as JSON in `path` (REPORT_FILE in the report folder, or a temporary name for it)."""
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
 

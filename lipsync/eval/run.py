@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import datetime
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -58,6 +56,7 @@ from lipsync.eval.report import (
 )
 from lipsync.eval.sync_crop import sync_boxes, sync_crop
 from lipsync.face.crop import crop_face
+from lipsync.io.files import atomic_path
 from lipsync.models.device import resolve_device
 from lipsync.models.syncnet import load_syncnet
 from lipsync.timing import StageTimes
@@ -535,16 +534,7 @@ def _pixel_metrics(state: _FramePass) -> list[Metric]:
 def _write_outputs(report: EvalReport, thumbnails: list[Thumbnail], out_dir: Path) -> None:
     """report.json and report.html, each written whole to a temporary name then renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, write in [
-        (REPORT_FILE, lambda folder: report.write(folder)),
-        (HTML_FILE, lambda folder: write_html(report, thumbnails, folder / HTML_FILE)),
-    ]:
-        staging = out_dir / f".tmp-{uuid.uuid4().hex}"
-        staging.mkdir()
-        try:
-            write(staging)
-            os.replace(staging / name, out_dir / name)
-        finally:
-            for leftover in staging.iterdir():
-                leftover.unlink()
-            staging.rmdir()
+    with atomic_path(out_dir / REPORT_FILE) as tmp:
+        report.write(tmp)
+    with atomic_path(out_dir / HTML_FILE) as tmp:
+        write_html(report, thumbnails, tmp)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, box_at
+from lipsync.io.files import atomic_path
 from lipsync.timing import StageTimes
 
 AVATAR_FORMAT = "lipsync-avatar"
@@ -223,22 +223,10 @@ class AvatarStore:
     @contextmanager
     def writing(self, name: str) -> Iterator[Path]:
         """A fresh temporary folder; on success it atomically replaces the avatar, on failure it vanishes."""
-        final = self.path(name)
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / f".{name}.{uuid.uuid4().hex[:8]}.partial"
-        temporary.mkdir()
-        try:
+        with atomic_path(self.path(name)) as temporary:
+            temporary.mkdir()
             yield temporary
-            old = None
-            if final.exists():
-                old = self.root / f".{name}.{uuid.uuid4().hex[:8]}.old"
-                final.rename(old)
-            temporary.rename(final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
 
     def _existing(self, name: str) -> Path:
         folder = self.path(name)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +12,12 @@ from tqdm import tqdm
 
 from lipsync.config import SAMPLES_PER_WHISPER_FRAME, WHISPER_SEGMENT_SAMPLES, ModelVersion
 from lipsync.errors import WeightsError
+from lipsync.io.files import atomic_path
 from lipsync.models.musetalk.audio_features import encode_whisper_segment
 from lipsync.models.musetalk.loading import MuseTalkModels
 from lipsync.models.musetalk.weights import WeightsLayout
 from lipsync.train.data.format import (
     CLIP_FILE,
-    TMP_PREFIX,
     WHISPER_FILE,
     ClipMeta,
     list_clips,
@@ -81,12 +79,8 @@ def ensure_whisper_features(
         meta = _clip_meta(folder)
         audio = np.load(folder / AUDIO_FILE, mmap_mode="r", allow_pickle=False)
         features = whisper_features(models, np.asarray(audio))
-        tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{WHISPER_FILE}"
-        try:
-            np.save(tmp, features)
-            os.replace(tmp, folder / WHISPER_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(folder / WHISPER_FILE) as tmp:
+            np.save(tmp, features)  # tmp ends in .npy, so np.save adds no suffix
         write_clip_meta(folder, replace(meta, whisper_weights=weights_id))
         computed += 1
     return computed

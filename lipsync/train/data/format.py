@@ -23,9 +23,6 @@ temporary name, then renamed).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from lipsync.config import AUDIO_SAMPLE_RATE, FACE_SIZE, TRAINING_FPS
 from lipsync.errors import LipsyncError
+from lipsync.io.files import TEMP_PREFIX, atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +51,7 @@ SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // TRAINING_FPS  # 640
 # (stage 2 draws at most 20).
 CROP_CONTEXT = 0.125
 CROP_SIZE = round(FACE_SIZE * (1 + 2 * CROP_CONTEXT))  # 320
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = TEMP_PREFIX  # atomic_path's temporaries, so leftovers of both are recognised
 
 
 class DatasetError(LipsyncError):
@@ -121,9 +119,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: a reader never sees half a file."""
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def dataset_header(settings: DatasetSettings) -> dict[str, Any]:
@@ -152,17 +149,9 @@ def clip_writer(root: Path, clip_id: str) -> Iterator[Path]:
     """A temporary folder to fill; renamed to clips/<clip_id> only if the block completes."""
     clips = Path(root) / CLIPS_DIR
     clips.mkdir(parents=True, exist_ok=True)
-    tmp = clips / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with atomic_path(clips / clip_id) as tmp:
+        tmp.mkdir()
         yield tmp
-        final = clips / clip_id
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_clip_meta(folder: Path, meta: ClipMeta) -> None:

@@ -64,26 +64,28 @@ class SpeakPipeline:
         return sources, strengths
 
     def __call__(
-        self, avatar: Avatar, audio_path: Path, output: Path, *, progress: bool = True
+        self, avatar: Avatar, audio: str | Path, output: str | Path, *, progress: bool = True
     ) -> DubSummary:
+        """Write `output` (.mp4): `avatar` saying the speech in `audio`; return the summary."""
         started = time.perf_counter()
+        audio_path, output = Path(audio), Path(output)
         check_output_path(output, {"audio": audio_path, "avatar source": avatar.info.source})
-        audio = load_audio(audio_path, AUDIO_SAMPLE_RATE)
-        total = frame_count_for_audio(audio.duration, avatar.fps)
+        speech = load_audio(audio_path, AUDIO_SAMPLE_RATE)
+        total = frame_count_for_audio(speech.duration, avatar.fps)
         if total == 0:
             raise InputError(
-                f"{audio_path} lasts {audio.duration_s:.3f} s: "
+                f"{audio_path} lasts {speech.duration_s:.3f} s: "
                 f"less than one frame at {float(avatar.fps):.2f} fps",
                 "give a speech track at least one frame long",
             )
-        sources, strengths = self.plan(avatar, audio)
+        sources, strengths = self.plan(avatar, speech)
         times = generator_times(self.generator)
         untrained = self.generator.untrained or avatar.info.untrained
         metadata = {"comment": UNTRAINED_LABEL} if untrained else {}
         bar = tqdm(total=total, desc=f"speaking as {avatar.info.name}", unit="frame", disable=not progress)
         size = (avatar.info.width, avatar.info.height)
         with VideoWriter(output, avatar.fps, *size, audio_path=audio_path, metadata=metadata) as writer:
-            for frame in self._render(avatar, audio, sources, strengths, times, bar):
+            for frame in self._render(avatar, speech, sources, strengths, times, bar):
                 with times.measure(Stage.ENCODE):
                     writer.write(frame)
         bar.close()
@@ -93,7 +95,7 @@ class SpeakPipeline:
             frames_with_face=int(np.count_nonzero(avatar.boxes[sources, 0] >= 0)),
             frames_generated=int(np.count_nonzero(strengths > 0)),
             fps=avatar.fps,
-            audio_seconds=audio.duration_s,
+            audio_seconds=speech.duration_s,
             untrained=untrained,
             wall_seconds=time.perf_counter() - started,
             times=times,

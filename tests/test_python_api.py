@@ -1,0 +1,62 @@
+"""docs/python-api.md: every example runs as written, and `import lipsync` stays light."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipsync.io.video import probe_video
+
+from conftest import REPO, media, write_clip
+
+EXAMPLES = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "python-api.md").read_text(), re.S)
+
+
+def test_importing_lipsync_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, lipsync; "
+        "names = ('torch', 'diffusers', 'transformers', 'mediapipe', 'cv2'); "
+        "heavy = [m for m in names if m in sys.modules]; "
+        "print(','.join(heavy)); print(lipsync.DubSettings.__doc__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    heavy, doc = out.splitlines()[:2]
+    assert heavy == "" and "dub" in doc
+
+
+def test_unknown_options_name_the_known_ones(tiny_weights: Path) -> None:
+    from lipsync import DubPipeline
+
+    with pytest.raises(TypeError, match=r"unknown dubbing option 'bbox'.*bbox_shift"):
+        DubPipeline.from_pretrained(tiny_weights, bbox=3)
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("api")
+    (folder / "models").symlink_to(tiny_weights, target_is_directory=True)
+    write_clip(media("talk_c.mp4"), folder / "face.mp4", 20)
+    (folder / "speech.wav").symlink_to(media("speech_44k_stereo.wav"))
+    return folder
+
+
+def test_the_documented_examples_run_as_written(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(EXAMPLES) == 4
+    here = Path.cwd()
+    os.chdir(workdir)
+    try:
+        for example in EXAMPLES:
+            exec(compile(example, "docs/python-api.md", "exec"), {})
+    finally:
+        os.chdir(here)
+    assert (
+        probe_video(workdir / "out.mp4").frame_count == probe_video(workdir / "anna.mp4").frame_count == 125
+    )
+    assert (workdir / "avatars" / "anna" / "manifest.json").is_file()
+    out = capsys.readouterr().out
+    assert "wrote out.mp4" in out and "frames; the first shows 0.0 s" in out

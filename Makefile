@@ -71,7 +71,7 @@ bench-live: setup
 TRAIN_SRC ?= data/media-src
 TRAIN_DATA ?= data/prepared-media
 train-tiny: setup
-	[ -f $(UNTRAINED_WEIGHTS)/UNTRAINED.json ] || $(LIPSYNC) weights scaffold $(UNTRAINED_WEIGHTS) --tiny
+	[ -f $(UNTRAINED_WEIGHTS)/lipsync.json ] || $(LIPSYNC) weights scaffold $(UNTRAINED_WEIGHTS) --tiny
 	mkdir -p $(TRAIN_SRC) out
 	for f in $(MEDIA)/talk_*.mp4; do ln -sfn "$$(realpath $$f)" $(TRAIN_SRC)/; done
 	$(LIPSYNC) data prepare $(TRAIN_SRC) $(TRAIN_DATA) --clip-seconds 2.6 --weights $(UNTRAINED_WEIGHTS)

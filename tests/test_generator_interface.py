@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from toy_family import ToyGenerator
 
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings, ServerSettings, StreamSettings
 from lipsync.io.audio import Audio, load_audio
@@ -31,6 +30,7 @@ from lipsync.server.protocol import decode_frame, decode_jpeg, float_to_pcm
 from lipsync.timing import StageTimes
 
 from conftest import media, write_clip
+from toy_family import ToyGenerator
 
 # SHA-256 over the raw RGB bytes of every output frame, made by the code before MuseTalk moved behind the
 # generator interface (tiny scaffolded weights, seed 0, fp32 on the CPU, talk_c.mp4 + speech_44k_stereo.wav).

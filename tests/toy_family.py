@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,15 @@ import torch
 from lipsync.config import AudioFeatureMode, StreamSettings
 from lipsync.io.audio import frame_count_for_audio, frame_start_sample
 from lipsync.models.generator import ArraySpec, FaceBatch, GenerationRequest, Generator, GeneratorInfo
+from lipsync.models.weights import (
+    WEIGHTS_MANIFEST,
+    FileCheck,
+    ModelEntry,
+    WeightsReport,
+    is_untrained,
+    read_weights_manifest,
+    write_model_entry,
+)
 from lipsync.timing import StageTimes
 
 SIZE = 64
@@ -101,3 +111,28 @@ class ToyGenerator(Generator):
             shift = min(MAX_SHIFT, int(loudness * 4 * MAX_SHIFT))
             face[HALF + shift :] = mouth[: HALF - shift]
         return faces
+
+
+# --- what a family package offers lipsync.models.families -------------------------------------------
+
+FAMILY = "toy"
+VERSIONS = ("v1",)
+DEFAULT_VERSION = "v1"
+
+
+def load(root: Path, version: str, device: torch.device, dtype: torch.dtype) -> ToyGenerator:
+    return ToyGenerator()
+
+
+def check(root: Path, version: str | None = None) -> WeightsReport:
+    listed = FAMILY in read_weights_manifest(root)
+    file = FileCheck(Path(root) / WEIGHTS_MANIFEST, "present" if listed else "missing", "")
+    return WeightsReport(Path(root), FAMILY, "toy", (file,), is_untrained(root, FAMILY))
+
+
+def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
+    write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny", untrained=True))
+
+
+def recognise(root: Path) -> bool:
+    return False

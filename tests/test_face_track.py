@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lipsync.cli.options import with_flags
 from lipsync.config import FaceSettings
 from lipsync.errors import InputError
 from lipsync.face.crop import crop_box_from_landmarks
@@ -130,7 +131,8 @@ def test_face_index_beyond_the_faces_found_raises(two_faces: list[np.ndarray]) -
     height, width = two_faces[0].shape[:2]
     with pytest.raises(InputError) as error:
         track_face(two_faces, FaceSettings(face_index=2), width, height)
-    assert "2 faces" in error.value.problem and "--face" in error.value.fix
+    assert "2 faces" in error.value.problem and "`face_index`" in error.value.fix
+    assert "`face_index` (--face)" in with_flags(error.value.fix)  # the command line adds its flag
 
 
 def test_no_face_anywhere_gives_an_empty_track() -> None:

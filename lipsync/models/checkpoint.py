@@ -6,8 +6,9 @@ Imports neither diffusers nor transformers, so metric networks, trainers and tes
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file
@@ -97,3 +98,26 @@ def load_strict(
         strict=True,
         assign=True,
     )
+
+
+def require_weights_file(path: Path, what: str, expected: str, fix: str) -> Path:
+    """`path` if it is a file; else a WeightsError saying `what` (`expected`: which file) is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} do not exist (expected {expected})", fix)
+    return path
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_frozen(
+    build: Callable[[], M], state: dict[str, torch.Tensor], source: Path, device: torch.device | str, fix: str
+) -> M:
+    """A network built on the meta device, every tensor of `state` assigned strictly (absent BatchNorm
+    counters of old files filled), frozen in float32 eval mode on `device`."""
+    with torch.device("meta"):
+        model = build()
+    load_strict(model, state, source, torch.float32, fix=fix, allow_missing_batchnorm_counters=True)
+    model.requires_grad_(False)
+    return model.to(device).eval()

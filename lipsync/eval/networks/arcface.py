@@ -21,7 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from lipsync.errors import WeightsError
-from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import (
+    BATCHNORM_COUNTER,
+    load_frozen,
+    read_state_dict,
+    require_weights_file,
+    save_atomically,
+)
 
 ARCFACE_INPUT_SIZE = 112
 ARCFACE_EMBED_DIM = 512
@@ -160,19 +166,15 @@ def read_arcface_state(path: Path) -> dict[str, Tensor]:
 
 def load_arcface(path: Path, device: torch.device | str = "cpu") -> tuple[IResNet, str]:
     """(model in float32 eval mode on `device`, variant name) for an arcface_torch backbone file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(
-            f"the ArcFace weights {path} do not exist (expected an {ARCFACE_SOURCE})",
-            f"download one from the insightface model zoo ({ZOO_EXAMPLE}) and give its path",
-        )
+    path = require_weights_file(
+        path,
+        "the ArcFace weights",
+        "an " + ARCFACE_SOURCE,
+        f"download one from the insightface model zoo ({ZOO_EXAMPLE}) and give its path",
+    )
     state = read_arcface_state(path)
     variant = arcface_variant(state, path)
-    with torch.device("meta"):
-        model = IResNet(IRESNET_LAYERS[variant])
-    load_strict(model, state, path, torch.float32, fix=LOAD_FIX, allow_missing_batchnorm_counters=True)
-    model.requires_grad_(False)
-    return model.to(device).eval(), variant
+    return load_frozen(lambda: IResNet(IRESNET_LAYERS[variant]), state, path, device, LOAD_FIX), variant
 
 
 def _random_state(layers: tuple[int, int, int, int], seed: int) -> dict[str, Tensor]:

@@ -21,8 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipsync.errors import WeightsError
-from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import (
+    BATCHNORM_COUNTER,
+    load_frozen,
+    read_state_dict,
+    require_weights_file,
+    save_atomically,
+)
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SOURCE = (
@@ -253,18 +258,13 @@ LOAD_FIX = f"use the original {FID_WEIGHTS_FILE} of pytorch-fid ({FID_WEIGHTS_SO
 
 def load_fid_inception(path: Path, device: torch.device | str = "cpu") -> FidInceptionV3:
     """The FID InceptionV3 with every tensor of `path`, in float32 and eval mode on `device`."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(
-            f"the FID Inception weights {path} do not exist (expected {FID_WEIGHTS_FILE})",
-            f"download {FID_WEIGHTS_SOURCE} (pytorch-fid's release) and give its path",
-        )
-    state = read_state_dict(path)
-    with torch.device("meta"):
-        model = FidInceptionV3()
-    load_strict(model, state, path, torch.float32, fix=LOAD_FIX, allow_missing_batchnorm_counters=True)
-    model.requires_grad_(False)
-    return model.to(device).eval()
+    path = require_weights_file(
+        path,
+        "the FID Inception weights",
+        FID_WEIGHTS_FILE,
+        f"download {FID_WEIGHTS_SOURCE} (pytorch-fid's release) and give its path",
+    )
+    return load_frozen(FidInceptionV3, read_state_dict(path), path, device, LOAD_FIX)
 
 
 def _random_state(seed: int) -> dict[str, Tensor]:

@@ -19,8 +19,13 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from lipsync.errors import WeightsError
-from lipsync.models.checkpoint import BATCHNORM_COUNTER, load_strict, read_state_dict, save_atomically
+from lipsync.models.checkpoint import (
+    BATCHNORM_COUNTER,
+    load_frozen,
+    read_state_dict,
+    require_weights_file,
+    save_atomically,
+)
 
 SYNCNET_V2_FILE = "syncnet_v2.model"
 SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
@@ -137,18 +142,13 @@ def load_syncnet_v2(path: Path, device: torch.device | str = "cpu") -> SyncNetV2
 
     A missing, extra or misshapen key is a WeightsError naming it; absent BatchNorm counters are filled.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(
-            f"the SyncNet v2 weights {path} do not exist (expected the file {SYNCNET_V2_FILE})",
-            f"download {SYNCNET_V2_FILE} from {SYNCNET_V2_URL} (see {SYNCNET_V2_SOURCE}) and give its path",
-        )
-    state = read_state_dict(path)
-    with torch.device("meta"):
-        model = SyncNetV2()
-    load_strict(model, state, path, torch.float32, fix=LOAD_FIX, allow_missing_batchnorm_counters=True)
-    model.to(device).eval()
-    return model
+    path = require_weights_file(
+        path,
+        "the SyncNet v2 weights",
+        "the file " + SYNCNET_V2_FILE,
+        f"download {SYNCNET_V2_FILE} from {SYNCNET_V2_URL} (see {SYNCNET_V2_SOURCE}) and give its path",
+    )
+    return load_frozen(SyncNetV2, read_state_dict(path), path, device, LOAD_FIX)
 
 
 def _calibrate_batchnorm(model: SyncNetV2, generator: torch.Generator) -> None:

@@ -1,4 +1,4 @@
-"""The crop box follows the reference recipe (§1.4) exactly; the crop is a plain Lanczos resize."""
+"""The crop box follows lipsync/models/musetalk/README.md (Crop box) exactly; the crop is a Lanczos resize."""
 
 from __future__ import annotations
 

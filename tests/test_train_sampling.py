@@ -74,7 +74,7 @@ def in_top_k(distances: np.ndarray, target: int, k: int, chosen: np.ndarray, lar
 def check_method(
     landmarks256: np.ndarray, config: SamplingConfig, clip_frames: int, draws: int, seed: int
 ) -> None:
-    """Assert each method's definition on many targets (the issue's acceptance criterion)."""
+    """Assert each method's definition (lipsync/models/musetalk/README.md, SIS) on many targets."""
     rng = np.random.default_rng(seed)
     frames = len(landmarks256)
     k = top_k_count(frames, config.top_k_ratio)

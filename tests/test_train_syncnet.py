@@ -106,7 +106,7 @@ def test_pairs_match_the_clip_arrays(syncnet_media: Path) -> None:
 def test_tiny_syncnet_separates_held_out_pairs(
     syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path, one_thread: None
 ) -> None:
-    """The issue's acceptance check: a SyncNet trained for seconds to minutes on a CPU tells in-sync from
+    """Acceptance check: a SyncNet trained for seconds to minutes on a CPU tells in-sync from
     shifted pairs on clips it did not train on, well above chance."""
     config = tiny_syncnet_config(syncnet_media, tmp_path / "run", held_out)
     result = train_syncnet(config, progress=False)

@@ -1,1 +1,1 @@
-"""Evaluation metrics (see issue 5)."""
+"""Evaluation metrics: LSE, FID, CSIM, LMD, PSNR/SSIM, IFC, and the report (see docs/evaluation.md)."""

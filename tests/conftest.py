@@ -141,3 +141,17 @@ def tiny_syncnet_config(
     config = load_config(TINY_SYNCNET_CONFIG, SyncNetTrainConfig)
     data = dataclasses.replace(config.data, root=root, val_clips=val_clips, val_fraction=0.0)
     return dataclasses.replace(config, output_dir=out, data=data, **changes)  # type: ignore[arg-type]
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16_000) -> Path:
+    """Mono float samples as a 16-bit WAV file (a short speech track a test can own)."""
+    import wave
+
+    from lipsync.server.protocol import float_to_pcm
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(float_to_pcm(samples))
+    return path

@@ -29,7 +29,7 @@ from lipsync.pipeline.stream import StreamSession
 from lipsync.server.protocol import decode_frame, decode_jpeg, float_to_pcm
 from lipsync.timing import StageTimes
 
-from conftest import media, write_clip
+from conftest import media, write_clip, write_wav
 from toy_family import ToyGenerator
 
 # SHA-256 over the raw RGB bytes of every output frame, made by the code before MuseTalk moved behind the
@@ -168,7 +168,7 @@ def test_a_toy_avatar_stores_the_family_arrays_and_speaks_like_dub(
     assert avatar.references["face"].shape == (64, 64, 3)
     assert (toy_store.path("toy") / "ref-face.npy").is_file()
     speech_file = toy_store.root / "speech.wav"
-    _write_wav(speech_file, short_speech().samples)
+    write_wav(speech_file, short_speech().samples)
     speech = load_audio(speech_file)
     spoken = list(SpeakPipeline(toy, GENERATE).frames(avatar, speech, StageTimes()))
     dubbed = [f.image for f in DubPipeline(toy, GENERATE).frames(clip, speech_file)]
@@ -220,13 +220,3 @@ def test_a_toy_server_session(toy: ToyGenerator, toy_store: AvatarStore) -> None
         assert decode_jpeg(spoken[0].jpeg).shape == (590, 590, 3)
     finally:
         engine.close(wait=True)
-
-
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    import wave
-
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(AUDIO_SAMPLE_RATE)
-        out.writeframes(float_to_pcm(samples))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lipsync.cli.options import with_flags
 from lipsync.config import VAE_SCALING_FACTOR
 from lipsync.errors import LipsyncError
 from lipsync.models.device import resolve_device, resolve_dtype
@@ -101,7 +102,8 @@ def test_resolve_device_and_dtype() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(LipsyncError, match="CUDA") as info:
             resolve_device("cuda")
-        assert "--device cpu" in info.value.fix
+        assert "set `device` to cpu" in info.value.fix
+        assert "`device` (--device) to cpu" in with_flags(info.value.fix)  # the command line names its flag
     assert resolve_dtype("fp32", cpu) == torch.float32
     assert resolve_dtype("bf16", cpu) == torch.bfloat16
     assert resolve_dtype("auto", cpu) in (torch.bfloat16, torch.float32)

@@ -117,14 +117,17 @@ class DubPipeline:
     def from_pretrained(
         cls,
         weights: str | Path,
-        device: DeviceChoice = "auto",
-        dtype: DtypeChoice = "auto",
+        device: DeviceChoice | None = None,
+        dtype: DtypeChoice | None = None,
         settings: DubSettings | None = None,
         **options: Any,
     ) -> DubPipeline:
-        """Load the generator a weights folder holds. `options` are any DubSettings field, or a field of
-        its face and runtime settings (bbox_shift, extra_margin, face_index, batch_size, silence, ...)."""
-        settings = (settings or DubSettings()).with_options(device=device, dtype=dtype, **options)
+        """Load the generator a weights folder holds, on `device` ("auto", "cpu", "cuda") in `dtype`
+        ("auto", "fp32", "bf16", "fp16"); both default to the settings' ("auto" unless `settings` says).
+        `options` are any DubSettings field, or a field of its face and runtime settings (bbox_shift,
+        extra_margin, face_index, batch_size, silence, ...), applied over `settings`."""
+        given = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
+        settings = (settings or DubSettings()).with_options(**given, **options)
         generator = load_generator(
             Path(weights), settings.model, settings.version, settings.runtime.device, settings.runtime.dtype
         )

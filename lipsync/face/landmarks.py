@@ -16,7 +16,6 @@ from types import TracebackType
 from typing import Any
 
 import cv2
-import mediapipe as mp
 import numpy as np
 
 # fmt: off
@@ -101,6 +100,13 @@ def _mesh_pixels(result: Any, width: int, height: int) -> list[np.ndarray]:
     ]
 
 
+def _mediapipe() -> Any:
+    """mediapipe, imported on first use: it takes seconds, and only face analysis needs it."""
+    import mediapipe
+
+    return mediapipe
+
+
 # mediapipe's native code logs setup chatter (TFLite delegate, absl warnings) straight to file
 # descriptor 2 from its graph threads, asynchronously, while graphs open and first run; no
 # environment variable turns it off. We silence fd 2 while a graph opens (forced by one blank
@@ -138,7 +144,7 @@ class FaceMeshDetector:
 
     def __init__(self, max_faces: int = 4, video_mode: bool = True) -> None:
         with native_stderr_silenced():
-            self._mesh: Any = mp.solutions.face_mesh.FaceMesh(
+            self._mesh: Any = _mediapipe().solutions.face_mesh.FaceMesh(
                 static_image_mode=not video_mode,
                 max_num_faces=max_faces,
                 refine_landmarks=False,
@@ -172,10 +178,10 @@ class FaceMeshDetector:
         if self._detector is None:
             self._noisy_calls_left = NOISY_FIRST_CALLS  # the fallback graphs log on their first runs too
             with native_stderr_silenced():
-                self._detector = mp.solutions.face_detection.FaceDetection(
+                self._detector = _mediapipe().solutions.face_detection.FaceDetection(
                     model_selection=FULL_RANGE_DETECTOR, min_detection_confidence=MIN_DETECTION_CONFIDENCE
                 )
-                self._crop_mesh = mp.solutions.face_mesh.FaceMesh(
+                self._crop_mesh = _mediapipe().solutions.face_mesh.FaceMesh(
                     static_image_mode=True,
                     max_num_faces=1,
                     refine_landmarks=False,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     dub = commands.add_parser("dub", help="re-render the lips of a video or photo to follow a speech track")
     dub.add_argument("source", type=Path, help="video (.mp4 .mov .mkv ...) or photo (.jpg .png ...)")
     dub.add_argument("audio", type=Path, help="speech track: any audio file, or a video with an audio track")
-    dub.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 (H.264 + AAC)")
+    dub.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
     add_model_options(dub)
     add_face_options(dub)
     add_speech_options(dub)
@@ -83,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_dub(args: argparse.Namespace) -> int:
+    from lipsync.io.writer import check_output_path, output_file
     from lipsync.pipeline.dub import UNTRAINED_LABEL, DubPipeline
 
+    # A bad output path is refused before the (slow) model load, not after it.
+    check_output_path(output_file(args.output), {"video": args.source, "audio": args.audio})
     pipeline = DubPipeline.from_pretrained(args.weights, settings=settings_from_args(args))
     if pipeline.generator.untrained:
         print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
@@ -124,8 +129,32 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does, so every temporary output is removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TERMINATED_BY: list[int] = []  # the signal that asked us to stop, once one did
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _TERMINATED_BY.append(signum)
+    raise Terminated(signum)
+
+
+def _stop_on_termination() -> None:
+    """Handle SIGTERM and SIGHUP like SIGINT (only the main thread may set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _stop_on_termination()
     handlers = {
         "dub": run_dub,
         "weights": run_weights,
@@ -142,9 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LipsyncError as error:
         print(f"error: {with_flags(str(error))}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted: no output was written", file=sys.stderr)
-        return 130
+        return 128 + (stop.signum if isinstance(stop, Terminated) else signal.SIGINT)
+    except Exception:
+        if not _TERMINATED_BY:
+            raise
+        # The stop was raised inside a library (a C extension's import, say) that re-raised it as its own
+        # error; the output was cleaned up on the way out all the same.
+        print("interrupted: no output was written", file=sys.stderr)
+        return 128 + _TERMINATED_BY[0]
 
 
 if __name__ == "__main__":

@@ -106,10 +106,20 @@ def add_face_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_fraction(text: str) -> Fraction:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def add_image_fps_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-fps",
-        type=Fraction,
+        type=positive_fraction,
         default=DUB.image_fps,
         help=f"frame rate for a photo (default {DUB.image_fps})",
     )

@@ -111,6 +111,7 @@ def track_face(
     last: FaceLandmarks | None = None
     last_seen = -1
     count = 0
+    outside = 0  # frames whose followed face's crop box fell outside the frame
     try:
         for index, frame in enumerate(frames):
             if index == len(raw_boxes):
@@ -124,7 +125,9 @@ def track_face(
                     face = _by_size(faces, settings.face_index)
             if face is not None:
                 box = rule(face.points, frame_width, frame_height, settings)
-                if box is not None:
+                if box is None:
+                    outside += 1
+                else:
                     last, last_seen = face, index
                     raw_boxes[index] = (box.x1, box.y1, box.x2, box.y2)
                     points[index] = face.points
@@ -135,6 +138,12 @@ def track_face(
     finally:
         if own_detector:
             det.close()
+    if outside and np.isnan(raw_boxes[:count, 0]).all():
+        raise InputError(
+            f"a face was found in {outside} frames, but with `bbox_shift` {settings.bbox_shift} and "
+            f"`extra_margin` {settings.extra_margin} its crop box lies outside the frame",
+            "use a smaller `bbox_shift` (or `extra_margin`); 0 keeps the box on the face",
+        )
     boxes = smooth_boxes(raw_boxes[:count], settings.smoothing_window)
     return FaceTrack(boxes=boxes, points=points[:count].copy(), face_ovals=ovals[:count].copy())
 

@@ -55,6 +55,11 @@ def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInf
     path = Path(path)
     require_file(path, "a video or image file", VIDEO_FIX)
     if is_image_path(path):
+        if Fraction(image_fps) <= 0:
+            raise InputError(
+                f"`image_fps` is {image_fps}: a photo needs a positive frame rate",
+                "give e.g. 25 (the default)",
+            )
         image = _read_image(path)
         height, width = image.shape[:2]
         return VideoInfo(path, Fraction(image_fps), 1, width, height, is_image=True)

@@ -32,6 +32,7 @@ FALLBACK_AUDIO_RATE = 48_000
 MP4_FLAGS = "+faststart+use_metadata_tags"
 NEW_FILE_MODE = 0o666  # narrowed by the umask, like any file the user creates
 TEMP_TOKEN_BYTES = 4
+NAME_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs and APFS take
 
 OUTPUT_FIX = "Choose an output path in an existing folder you can write to."
 
@@ -199,6 +200,15 @@ class _AudioMuxer:
         yield from self._resampler.resample(None)
 
 
+def output_file(value: str | Path) -> Path:
+    """The output path a user gave; one written as a folder ("out/") is refused, not taken as a file."""
+    if isinstance(value, str) and value.endswith(("/", os.sep)):
+        raise OutputError(
+            f"Output path {value} names a folder.", f"Give a file name in it, e.g. {value}out.mp4."
+        )
+    return Path(value)
+
+
 def check_output_path(path: Path, inputs: Mapping[str, Path]) -> None:
     """Raise OutputError unless `path` can be written and is none of the `inputs` (by role, e.g. "audio").
 
@@ -226,9 +236,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _create_temp_file(path: Path) -> Path:
-    """An exclusive new file next to `path`, so the final rename stays on one file system."""
+    """An exclusive new file next to `path`, so the final rename stays on one file system. Its name is
+    the output's, shortened where needed so that a name the file system takes also fits with the suffix."""
     while True:
-        temp = path.with_name(f".{path.name}.partial-{secrets.token_hex(TEMP_TOKEN_BYTES)}.mp4")
+        suffix = f".partial-{secrets.token_hex(TEMP_TOKEN_BYTES)}.mp4"
+        room = NAME_MAX_BYTES - len(suffix) - 1
+        stem = path.name.encode()[:room].decode(errors="ignore")
+        temp = path.with_name(f".{stem}{suffix}")
         try:
             os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE))
         except FileExistsError:

@@ -34,7 +34,7 @@ from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.face.track import NO_BOX, BoxRule, FaceTrack, track_face
 from lipsync.io.audio import Audio, frame_count_for_audio, frame_start_sample, load_audio, to_pcm16
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
-from lipsync.io.writer import VideoWriter, check_output_path
+from lipsync.io.writer import VideoWriter, check_output_path, output_file
 from lipsync.models.families import load_generator
 from lipsync.models.generator import Generator
 from lipsync.pipeline.render import (
@@ -152,7 +152,7 @@ class DubPipeline:
     ) -> DubSummary:
         """Dub `source` (video or photo) with the speech in `audio`; write `output` (.mp4) and summarise."""
         started = time.perf_counter()
-        source, audio_path, output = Path(source), Path(audio), Path(output)
+        source, audio_path, output = Path(source), Path(audio), output_file(output)
         times = generator_times(self.generator)
         check_output_path(output, {"video": source, "audio": audio_path})
         plan = self._plan(source, audio_path, max_frames)

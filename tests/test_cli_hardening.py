@@ -1,0 +1,84 @@
+"""Careless input and signals: each gives a clear error or a clean stop, never a traceback or a stray file."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync.cli.main import main
+from lipsync.config import FaceSettings
+from lipsync.errors import InputError
+from lipsync.face.track import track_face
+from lipsync.io.video import FrameReader, probe_video
+from lipsync.io.writer import NAME_MAX_BYTES, VideoWriter
+
+from conftest import REPO, media
+
+
+def dub_args(out: str, weights: Path, *extra: str) -> list[str]:
+    inputs = [str(media("talk_c.mp4")), str(media("speech_44k_stereo.wav"))]
+    return ["dub", *inputs, "-o", out, "--weights", str(weights), "--device", "cpu", "-q", *extra]
+
+
+def test_an_output_written_as_a_folder_is_refused(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for target in (tmp_path / "new", tmp_path):  # a folder to be, and one that exists
+        assert main(dub_args(f"{target}/", tiny_weights)) == 2
+        assert "names a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_longest_name_the_file_system_takes_is_written(tmp_path: Path) -> None:
+    out = tmp_path / ("x" * (NAME_MAX_BYTES - len(".mp4")) + ".mp4")
+    with VideoWriter(out, Fraction(25), 32, 32) as writer:
+        for _ in range(3):
+            writer.write(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert probe_video(out).frame_count == 3 and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_photo_frame_rate_must_be_positive(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(dub_args(str(tmp_path / "out.mp4"), tiny_weights, "--image-fps", "0"))
+    assert stop.value.code == 2 and "must be above 0" in capsys.readouterr().err
+    photo = tmp_path / "face.png"
+    import cv2
+
+    with FrameReader(probe_video(media("talk_c.mp4"))) as reader:
+        cv2.imwrite(str(photo), next(reader.frames(0, 1))[..., ::-1])
+    with pytest.raises(InputError, match="`image_fps` is -1"):
+        probe_video(photo, Fraction(-1))
+
+
+def test_a_crop_box_pushed_out_of_the_frame_says_so() -> None:
+    info = probe_video(media("talk_c.mp4"))
+    with FrameReader(info) as reader:
+        frames = list(reader.frames(0, 3))
+    with pytest.raises(InputError, match="crop box lies outside the frame") as error:
+        track_face(frames, FaceSettings(bbox_shift=5000), info.width, info.height)
+    assert "a face was found in 3 frames" in error.value.problem and "`bbox_shift`" in error.value.fix
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_dub_leaves_no_partial_file(tiny_weights: Path, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "out.mp4"
+    command = [sys.executable, "-m", "lipsync.cli.main", *dub_args(str(out), tiny_weights)]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.mp4.partial-*")):  # it is writing the output now
+        assert process.poll() is None and time.monotonic() < deadline, "the dub never started writing"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert "interrupted: no output was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

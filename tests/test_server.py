@@ -140,6 +140,46 @@ def test_tokens_in_logged_urls_are_redacted() -> None:
     assert TOKEN not in record.getMessage() and "/ws/anna?token=***&x=1" in record.getMessage()
 
 
+def test_redacted_access_log_records_still_format() -> None:
+    """uvicorn's access formatter unpacks the record's args: redaction must keep them a 5-tuple."""
+    import io
+    import logging
+
+    from uvicorn.logging import AccessFormatter
+
+    from lipsync.server.run import RedactToken
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+    )
+    logger = logging.getLogger("uvicorn.access.test-redaction")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.addFilter(RedactToken())
+    errors: list[Any] = []
+    original_handle_error = handler.handleError
+    handler.handleError = errors.append  # type: ignore[method-assign]
+    try:
+        # the call uvicorn's HTTP protocols make for each request
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/api/health?token={TOKEN}", "1.1", 200
+        )
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/api/health", "1.1", 401)
+    finally:
+        handler.handleError = original_handle_error  # type: ignore[method-assign]
+        logger.removeHandler(handler)
+    assert errors == []
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        '127.0.0.1:5000 - "GET /api/health?token=*** HTTP/1.1" 200 OK',
+        '127.0.0.1:5000 - "GET /api/health HTTP/1.1" 401 Unauthorized',
+    ]
+    assert TOKEN not in stream.getvalue()
+
+
 def serve_parser() -> argparse.ArgumentParser:
     from lipsync.cli import serve_cmd
 
@@ -277,6 +317,22 @@ def test_rest_token(make_server: Callable[..., Server]) -> None:
         assert answer.json()["error"] == "missing or wrong token" and "Bearer" in answer.json()["fix"]
     assert client.get("/api/avatars", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert client.post("/api/avatars", json={"name": "x", "source": "/x"}).status_code == 401
+
+
+def test_bearer_scheme_is_case_insensitive(make_server: Callable[..., Server], avatar_name: str) -> None:
+    from lipsync.server.app import bearer_token
+
+    client, engine = make_server(token=TOKEN)
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        assert bearer_token(f"{scheme} {TOKEN}") == TOKEN
+        headers = {"Authorization": f"{scheme} {TOKEN}"}
+        assert client.get("/api/health", headers=headers).status_code == 200
+        with client.websocket_connect(f"/ws/{avatar_name}", headers=headers) as ws:
+            ready(ws)
+    for value in ("Basic " + TOKEN, "Bearer", "Bearer ", "Bearers " + TOKEN, TOKEN):
+        assert bearer_token(value) is None
+    assert client.get("/api/health", headers={"Authorization": f"bearer {TOKEN}x"}).status_code == 401
+    wait_until(lambda: engine.sessions == 0, "the sessions ended")
 
 
 def test_page_is_served_without_a_token(make_server: Callable[..., Server]) -> None:

@@ -48,7 +48,7 @@ SessionLoop = Callable[[WebSocket, StreamSession, ServerSettings], Awaitable[Err
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INDEX_PAGE = STATIC_DIR / "index.html"
-BEARER_PREFIX = "Bearer "
+BEARER_SCHEME = "bearer"  # compared case-insensitively (RFC 7235: auth schemes are case-insensitive)
 TOKEN_QUERY = "token"
 
 
@@ -111,9 +111,13 @@ def token_matches(expected: str | None, given: str | None) -> bool:
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    if authorization is None or not authorization.startswith(BEARER_PREFIX):
+    """The token of 'Bearer TOKEN'; the scheme in any case ('bearer', 'BEARER'), as RFC 7235 says."""
+    if authorization is None:
         return None
-    return authorization[len(BEARER_PREFIX) :].strip()
+    parts = authorization.split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != BEARER_SCHEME:
+        return None
+    return parts[1].strip()
 
 
 def _unauthorized() -> ApiError:

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,14 +46,24 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def redact(value: object) -> object:
+    """`value` with the token of any URL in it replaced by ***, if it is a string; else `value` itself."""
+    return TOKEN_IN_URL.sub(r"\1***", value) if isinstance(value, str) else value
+
+
 class RedactToken(logging.Filter):
-    """uvicorn logs WebSocket paths, and browsers put the token in them: keep it out of the logs."""
+    """uvicorn logs WebSocket paths, and browsers put the token in them: keep it out of the logs.
+
+    The token is replaced inside the message and each of its arguments, keeping the record's shape:
+    uvicorn's access formatter unpacks `record.args` as (client, method, path, version, status).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = TOKEN_IN_URL.sub(r"\1***", message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: redact(arg) for key, arg in record.args.items()}
         return True
 
 

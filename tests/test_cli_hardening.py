@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -82,3 +83,20 @@ def test_a_terminated_dub_leaves_no_partial_file(tiny_weights: Path, tmp_path: P
     assert process.returncode == 128 + signum, err
     assert "interrupted: no output was written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_files_of_dead_runs_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    left_by_dead = tmp_path / f".out.mp4.partial-{int(dead.stdout)}-0badc0de.mp4"
+    held_by_live = tmp_path / f".out.mp4.partial-{os.getpid()}-0badc0de.mp4"  # a run still writing
+    other_output = tmp_path / f".other.mp4.partial-{int(dead.stdout)}-0badc0de.mp4"
+    for leftover in (left_by_dead, held_by_live, other_output):
+        leftover.write_bytes(b"half a video")
+    with VideoWriter(out, Fraction(25), 32, 32) as writer:
+        writer.write(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, held_by_live.name, other_output.name]
+    )

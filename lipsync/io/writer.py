@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
+from glob import escape as glob_escape
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -238,11 +239,9 @@ def _same_file(a: Path, b: Path) -> bool:
 def _create_temp_file(path: Path) -> Path:
     """An exclusive new file next to `path`, so the final rename stays on one file system. Its name is
     the output's, shortened where needed so that a name the file system takes also fits with the suffix."""
+    remove_dead_partials(path)
     while True:
-        suffix = f".partial-{secrets.token_hex(TEMP_TOKEN_BYTES)}.mp4"
-        room = NAME_MAX_BYTES - len(suffix) - 1
-        stem = path.name.encode()[:room].decode(errors="ignore")
-        temp = path.with_name(f".{stem}{suffix}")
+        temp = path.with_name(_partial_name(path, os.getpid(), secrets.token_hex(TEMP_TOKEN_BYTES)))
         try:
             os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE))
         except FileExistsError:
@@ -250,6 +249,36 @@ def _create_temp_file(path: Path) -> Path:
         except OSError as exc:
             raise OutputError(f"Cannot create a file in {path.parent} ({exc}).", OUTPUT_FIX) from exc
         return temp
+
+
+def _partial_name(path: Path, pid: int, token: str) -> str:
+    """`.NAME.partial-PID-TOKEN.mp4`: whose it is and for which output, recognisable by the next run."""
+    suffix = f".partial-{pid}-{token}.mp4"
+    room = NAME_MAX_BYTES - len(suffix) - 1
+    return "." + path.name.encode()[:room].decode(errors="ignore") + suffix
+
+
+def remove_dead_partials(path: Path) -> list[Path]:
+    """Delete the unfinished files that runs which died (SIGKILL, a crash, a power cut) left for `path`;
+    those of runs still alive are left alone. Returns what was removed."""
+    removed = []
+    prefix = _partial_name(path, 0, "").split(".partial-")[0] + ".partial-"
+    for leftover in path.parent.glob(f"{glob_escape(prefix)}*.mp4"):
+        pid = leftover.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
 
 
 def _even(size: int) -> int:

@@ -36,6 +36,7 @@ TEMP_TOKEN_BYTES = 4
 NAME_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs and APFS take
 
 OUTPUT_FIX = "Choose an output path in an existing folder you can write to."
+WRITE_FIX = "Free some space on that disk (or write elsewhere), then run again; nothing was left behind."
 
 
 class VideoWriter:
@@ -94,10 +95,14 @@ class VideoWriter:
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
         video_frame.pts = self.frames_written
         video_frame.time_base = self._video.codec_context.time_base
-        self._container.mux(self._video.encode(video_frame))
-        self.frames_written += 1
-        if self._audio is not None:
-            self._audio.encode_until(self.frames_written / self.fps)
+        try:
+            self._container.mux(self._video.encode(video_frame))
+            self.frames_written += 1
+            if self._audio is not None:
+                self._audio.encode_until(self.frames_written / self.fps)
+        except (OSError, av.error.FFmpegError) as exc:  # a full disk, a lost network share
+            self.abort()
+            raise OutputError(f"Could not write {self.path} ({exc}).", WRITE_FIX) from exc
 
     def close(self) -> Path:
         """Finish both streams, then move the finished file into place; returns the output path."""
@@ -115,7 +120,7 @@ class VideoWriter:
             self._finished = True
         except (OSError, av.error.FFmpegError) as exc:
             self.abort()
-            raise OutputError(f"Could not finish writing {self.path} ({exc}).", OUTPUT_FIX) from exc
+            raise OutputError(f"Could not finish writing {self.path} ({exc}).", WRITE_FIX) from exc
         except BaseException:
             self.abort()
             raise

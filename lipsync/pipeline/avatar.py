@@ -9,8 +9,11 @@ it, and `load_fresh_avatar` rebuilds it on its own before speaking.
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -230,6 +233,35 @@ def _build(
         on_progress(1.0)
 
 
+DISK_FIX = "free some disk space (or use another --avatars folder), then prepare again; nothing was kept"
+
+
+def _check_free_space(folder: Path, shapes: Iterable[tuple[tuple[int, ...], str]]) -> None:
+    """Refuse at once when the arrays cannot fit on the disk (cheap, before anything is written)."""
+    needed = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in shapes)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise AvatarError(
+            f"the avatar needs {needed / 1e6:.0f} MB and {folder.parent} has {free / 1e6:.0f} MB free",
+            DISK_FIX,
+        )
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
+    """A new .npy memory map whose disk blocks are reserved now: writing into a sparse map on a disk that
+    fills up kills the process with SIGBUS, while a refused reservation is an ordinary error."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as file:
+                os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
+        except OSError as error:
+            raise AvatarError(
+                f"cannot reserve {path.stat().st_size / 1e6:.0f} MB for {path.name} ({error})", DISK_FIX
+            ) from error
+    return array
+
+
 def _store_frames(
     generator: Generator,
     reader: FrameReader,
@@ -254,10 +286,8 @@ def _store_frames(
         **{name: ((count, *spec.shape), spec.dtype) for name, spec in specs.items()},
     }
     paths = {key: folder / f"{key}.npy" for key in shapes}
-    arrays = {
-        key: np.lib.format.open_memmap(paths[key], mode="w+", dtype=dtype, shape=shape)
-        for key, (shape, dtype) in shapes.items()
-    }
+    _check_free_space(folder, shapes.values())
+    arrays = {key: _allocated_memmap(paths[key], shape, dtype) for key, (shape, dtype) in shapes.items()}
     times = generator_times(generator)
     waiting: list[int] = []
     waiting_frames: list[np.ndarray] = []

@@ -714,3 +714,33 @@ def test_real_server_token_oversize_and_disconnect(
         wait_until(lambda: engine.sessions == 0, "the session counter returned to 0")
         wait_until(lambda: stream_threads() <= before, "the stream threads ended")
     engine.close(wait=True)
+
+
+def test_a_client_reconnecting_at_once_gets_its_slot_back(
+    engine_parts: tuple[Any, Any, str], avatar_name: str
+) -> None:
+    """The slot is released when the client leaves, not after the session's threads have stopped."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from lipsync.server.engine import ServerEngine
+
+    settings = ServerSettings(max_sessions=1)
+    engine = ServerEngine(engine_parts[0], engine_parts[1], settings)
+
+    async def reconnect(url: str, times: int) -> list[str]:
+        firsts = []
+        for _ in range(times):
+            async with connect(url, max_size=None) as ws:
+                firsts.append(str(await ws.recv()))
+        return firsts
+
+    before = stream_threads()
+    with running_server(engine, settings) as port:
+        firsts = asyncio.run(reconnect(f"ws://127.0.0.1:{port}/ws/{avatar_name}", 100))
+        refused = [first for first in firsts if json.loads(first)["type"] != "ready"]
+        assert refused == [], f"{len(refused)} of 100 reconnects refused, e.g. {refused[0]}"
+        wait_until(lambda: engine.sessions == 0, "the session counter returned to 0")
+        wait_until(lambda: stream_threads() <= before, "the stream threads ended")
+    engine.close(wait=True)

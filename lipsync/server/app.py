@@ -203,10 +203,14 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
             await _close(websocket, ErrorMessage.from_error(_unauthorized(), CloseCode.UNAUTHORIZED))
             return
         try:
-            with engine.session_slot(settings.max_sessions):
-                await _live_session(websocket, engine, settings, avatar)
+            slot = engine.claim_session(settings.max_sessions)
         except TooManySessions as error:
             await _close(websocket, ErrorMessage.from_error(error, CloseCode.TOO_MANY_SESSIONS))
+            return
+        try:
+            await _live_session(websocket, engine, settings, avatar, slot.release)
+        finally:
+            slot.release()
 
     return app
 
@@ -230,8 +234,15 @@ async def _close(websocket: WebSocket, message: ErrorMessage) -> None:
 
 
 async def _live_session(
-    websocket: WebSocket, engine: ServerEngine, settings: ServerSettings, name: str
+    websocket: WebSocket,
+    engine: ServerEngine,
+    settings: ServerSettings,
+    name: str,
+    release_slot: Callable[[], None],
 ) -> None:
+    """Serve one session; `release_slot` is called as soon as the client is gone (or the session ends),
+    before the session's threads are stopped, so that a client reconnecting at once finds a free slot.
+    """
     try:
         avatar = await anyio.to_thread.run_sync(engine.load_avatar, name)
     except LipsyncError as error:
@@ -244,20 +255,25 @@ async def _live_session(
             name, session.fps, session.width, session.height, engine.generator.untrained
         )
         await websocket.send_text(ready.to_json())
-        problem = await _run_loops(websocket, session, settings)
+        problem = await _run_loops(websocket, session, settings, release_slot)
         if problem is not None:
             await _close(websocket, problem)
     except WebSocketDisconnect:
         pass
     finally:
+        release_slot()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(session.close)
 
 
 async def _run_loops(
-    websocket: WebSocket, session: StreamSession, settings: ServerSettings
+    websocket: WebSocket, session: StreamSession, settings: ServerSettings, ended: Callable[[], None]
 ) -> ErrorMessage | None:
-    """Receive and send until the client leaves or breaks the protocol; the problem to report, if any."""
+    """Receive and send until the client leaves or breaks the protocol; the problem to report, if any.
+
+    `ended` is called the moment either loop stops, without waiting for the other one (the send loop may be
+    waiting a frame period in a worker thread).
+    """
     problems: list[ErrorMessage] = []
 
     async with anyio.create_task_group() as group:
@@ -279,6 +295,7 @@ async def _run_loops(
                     )
                 )
             finally:
+                ended()
                 group.cancel_scope.cancel()
 
         group.start_soon(guarded, _receive_loop)

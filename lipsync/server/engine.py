@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -80,6 +80,20 @@ class _Job:
 
     def snapshot(self) -> JobStatus:
         return JobStatus(self.id, self.request.name, self.status, self.progress, self.error)
+
+
+class SessionSlot:
+    """One claimed session slot. `release` gives it back; calls after the first do nothing."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class ServerEngine:
@@ -166,9 +180,13 @@ class ServerEngine:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    @contextmanager
-    def session_slot(self, limit: int | None = None) -> Iterator[None]:
-        """Hold one of `limit` (default: `max_sessions`) slots, or raise TooManySessions."""
+    def claim_session(self, limit: int | None = None) -> SessionSlot:
+        """Take one of `limit` (default: `max_sessions`) slots, or raise TooManySessions.
+
+        The caller releases the slot as soon as its client is gone, before the session's threads have
+        stopped: a client that reconnects at once must find its slot free. A session still stopping then
+        finishes at most the one batch its device stage holds, so a reconnect overlaps by that much only.
+        """
         limit = self.settings.max_sessions if limit is None else limit
         with self._lock:
             if self._sessions >= limit:
@@ -177,11 +195,20 @@ class ServerEngine:
                     "close another session and try again, or start the server with a higher --max-sessions",
                 )
             self._sessions += 1
+        return SessionSlot(self._release_session)
+
+    def _release_session(self) -> None:
+        with self._lock:
+            self._sessions -= 1
+
+    @contextmanager
+    def session_slot(self, limit: int | None = None) -> Iterator[SessionSlot]:
+        """A claimed slot (see `claim_session`), released on leaving the block if not before."""
+        slot = self.claim_session(limit)
         try:
-            yield
+            yield slot
         finally:
-            with self._lock:
-                self._sessions -= 1
+            slot.release()
 
     @staticmethod
     def stream_settings(settings: ServerSettings) -> StreamSettings:

@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
             print(info.format())
         return 0
     if args.avatar_command == "remove":
-        store.remove(args.name)
-        print(f"removed avatar {args.name} from {store.root}")
+        print(store.remove(args.name))
         return 0
     if args.avatar_command == "prepare":
         return _prepare(args, store)

@@ -14,23 +14,29 @@
 Format version 1 (before generator families) is the same layout for MuseTalk and is still read.
 
 Arrays are memory-mapped when loaded, so an avatar costs no RAM beyond what a frame needs. No pickles.
+Nothing on disk is trusted: `read_manifest` checks every field a reader uses (`check_manifest`), `info` and
+`list` check each array file's size against its .npy header, and `remove` deletes only a folder with an
+avatar manifest, never through a symbolic link.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lipsync.config import FaceSettings
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, box_at
@@ -45,7 +51,7 @@ BASE_ARRAYS = ("frames", "boxes", "masks", "cycle")
 REFERENCE_PREFIX = "ref-"
 # What a format-1 manifest (no "generator" entry) was made by.
 FORMAT_1_GENERATOR = {"family": "musetalk", "frame_arrays": ["latents"], "reference_arrays": []}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: use fullmatch
 HASH_CHUNK_BYTES = 8 << 20
 
 
@@ -54,7 +60,7 @@ class AvatarError(LipsyncError):
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise AvatarError(
             f"{name!r} is not a usable avatar name",
             "use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
@@ -175,16 +181,32 @@ class AvatarStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if NAME_PATTERN.fullmatch(p.name) and p.is_dir())
 
     def list(self) -> list[AvatarInfo]:
-        return [self.info(name) for name in self.names()]
+        """Every avatar, each broken one reported by itself (one broken avatar hides none of the others)."""
+        infos = []
+        for name in self.names():
+            try:
+                infos.append(self.info(name))
+            except AvatarError:  # removed while listing
+                continue
+        return infos
 
     def info(self, name: str) -> AvatarInfo:
-        """What the manifest says of one avatar; a broken one comes back with `problem` set."""
+        """What the manifest says of one avatar; a broken one comes back with `problem` set.
+
+        Cheap: every array file the manifest names must exist with the size its .npy header and shape
+        imply (a deleted or truncated array shows here), but no checksum is computed (`load` does that).
+        """
         folder = self._existing(name)
         try:
-            return info_from_manifest(read_manifest(folder), _folder_bytes(folder))
+            manifest = read_manifest(folder)
+            for array_name in array_names(manifest):
+                problem = array_file_problem(folder / f"{array_name}.npy", manifest["arrays"][array_name])
+                if problem:
+                    raise _corrupt(name, folder, problem)
+            return info_from_manifest(manifest, _folder_bytes(folder))
         except AvatarError as error:
             return AvatarInfo.broken(name, error.problem, _folder_bytes(folder))
 
@@ -199,26 +221,48 @@ class AvatarStore:
         for array_name in array_names(manifest):
             spec = manifest["arrays"][array_name]
             path = folder / f"{array_name}.npy"
-            problem = None
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as error:
-                problem = f"{path.name} cannot be read ({error})"
-            else:
-                if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
-                    problem = f"{path.name} has shape {array.shape} {array.dtype}, expected {spec['shape']}"
-                elif verify and file_sha256(path) != spec["sha256"]:
-                    problem = f"{path.name} does not match its checksum"
+            problem = array_file_problem(path, spec)
+            if problem is None:
+                try:
+                    array = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as error:
+                    problem = f"{path.name} cannot be read ({error})"
+                else:
+                    if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
+                        problem = (
+                            f"{path.name} has shape {array.shape} {array.dtype}, expected {spec['shape']}"
+                        )
+                    elif verify and file_sha256(path) != spec["sha256"]:
+                        problem = f"{path.name} does not match its checksum"
             if problem:
                 raise _corrupt(name, folder, problem)
             arrays[array_name] = array
         return Avatar(folder, manifest, arrays)
 
-    def remove(self, name: str) -> None:
-        folder = self.path(name)
-        if not folder.is_dir():
-            raise AvatarError(f"there is no avatar called {name!r} in {self.root}", self._list_fix())
-        shutil.rmtree(folder)
+    def remove(self, name: str) -> str:
+        """Delete avatar `name` and say what was done. Only a folder with an avatar manifest is deleted (a
+        broken avatar too); an avatar that is a symbolic link loses the link only, never what it points to."""
+        folder = self._existing(name)
+        if not _has_avatar_manifest(folder):
+            raise AvatarError(
+                f"{folder} is not a prepared avatar (it has no {MANIFEST_NAME} of a lipsync avatar), "
+                "so it was left alone",
+                f"delete it yourself if it should go, or pick the --avatars folder that holds {name!r}",
+            )
+        if folder.is_symlink():
+            target = folder.resolve()
+            try:
+                folder.unlink()
+            except OSError as error:
+                raise AvatarError(
+                    f"the link {folder} cannot be removed ({error})", _permission_fix()
+                ) from None
+            return f"removed the link {folder} (the avatar it points to, {target}, was kept)"
+        try:
+            shutil.rmtree(folder)
+        except OSError as error:
+            raise AvatarError(f"avatar {name!r} cannot be removed ({error})", _permission_fix()) from None
+        return f"removed avatar {name} from {self.root}"
 
     @contextmanager
     def writing(self, name: str) -> Iterator[Path]:
@@ -251,21 +295,156 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != AVATAR_FORMAT:
         raise _corrupt(folder.name, folder, f"{MANIFEST_NAME} is not a lipsync avatar manifest")
     version = manifest.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS:
+    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
+        source = manifest.get("source")
+        video = source.get("path") if isinstance(source, dict) else None
         raise AvatarError(
             f"avatar {folder.name!r} has format version {version}; "
             f"this lipsync reads version {AVATAR_FORMAT_VERSION}",
-            f"prepare it again: lipsync avatar prepare {manifest.get('source', {}).get('path', 'VIDEO')} "
-            f"--name {folder.name}",
+            f"prepare it again: lipsync avatar prepare {video if isinstance(video, str) else 'VIDEO'} "
+            f"--name {folder.name}, or remove it (lipsync avatar remove {folder.name})",
         )
     try:
-        info_from_manifest(manifest, 0)
-        for array_name in array_names(manifest):
-            spec = manifest["arrays"][array_name]
-            spec["shape"], spec["dtype"], spec["sha256"]
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
-        raise _corrupt(folder.name, folder, f"{MANIFEST_NAME} lacks or garbles {error}") from None
+        check_manifest(manifest)
+    except ManifestFieldError as error:
+        raise _corrupt(folder.name, folder, f"{MANIFEST_NAME}: {error}") from None
     return manifest
+
+
+class ManifestFieldError(ValueError):
+    """One field of an avatar manifest is missing or has the wrong type or range (the message names it)."""
+
+
+FACE_FIELDS = frozenset(field.name for field in fields(FaceSettings))
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """Check every field an avatar's readers use, its type and its range (format and version aside): the
+    schema of format versions 1 and 2. Raises ManifestFieldError naming the field."""
+    _text(manifest, "name")
+    _text(manifest, "created", empty=True)
+    source = _mapping(manifest, "source")
+    _text(source, "path", "source.")
+    _text(source, "sha256", "source.")
+    _integer(source, "size", "source.", minimum=0)
+    _integer(source, "mtime_ns", "source.")
+    if "generator" in manifest:  # format 1 had none: it was MuseTalk's
+        generator = _mapping(manifest, "generator")
+        _text(generator, "family", "generator.")
+        for key in ("frame_arrays", "reference_arrays"):
+            names = _field(generator, key, "generator.")
+            if not isinstance(names, list) or not all(
+                isinstance(n, str) and NAME_PATTERN.fullmatch(n) for n in names
+            ):
+                raise ManifestFieldError(f"generator.{key} must be a list of array names, not {names!r}")
+    recipe = _mapping(manifest, "recipe")
+    face = _mapping(recipe, "face", "recipe.")
+    for key in face:
+        if key not in FACE_FIELDS:
+            raise ManifestFieldError(
+                f"recipe.face.{key} is not a face option (known: {', '.join(sorted(FACE_FIELDS))})"
+            )
+        _integer(face, key, "recipe.face.")
+    _positive_fraction(recipe, "image_fps", "recipe.")
+    if "version" in recipe:
+        _text(recipe, "version", "recipe.", empty=True)
+    if not isinstance(_field(manifest, "untrained"), bool):
+        raise ManifestFieldError(f"untrained must be true or false, not {manifest['untrained']!r}")
+    video = _mapping(manifest, "video")
+    _positive_fraction(video, "fps", "video.")
+    _integer(video, "width", "video.", minimum=1)
+    _integer(video, "height", "video.", minimum=1)
+    count = _integer(video, "frame_count", "video.", minimum=1)
+    faces = _integer(video, "frames_with_face", "video.", minimum=0)
+    if faces > count:
+        raise ManifestFieldError(f"video.frames_with_face is {faces}, more than video.frame_count {count}")
+    arrays = _mapping(manifest, "arrays")
+    for array_name in array_names(manifest):
+        where = f"arrays.{array_name}."
+        entry = _mapping(arrays, array_name, "arrays.")
+        shape = _field(entry, "shape", where)
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise ManifestFieldError(f"{where}shape must be a list of sizes (integers >= 0), not {shape!r}")
+        dtype = _text(entry, "dtype", where)
+        try:
+            usable = not np.dtype(dtype).hasobject
+        except TypeError:
+            usable = False
+        if not usable:
+            raise ManifestFieldError(f"{where}dtype {dtype!r} is not a numpy type of plain numbers")
+        _text(entry, "sha256", where)
+
+
+def _field(mapping: dict[str, Any], key: str, where: str = "") -> Any:
+    if key not in mapping:
+        raise ManifestFieldError(f"{where}{key} is missing")
+    return mapping[key]
+
+
+def _mapping(mapping: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    value = _field(mapping, key, where)
+    if not isinstance(value, dict):
+        raise ManifestFieldError(f"{where}{key} must be an object, not {value!r}")
+    return value
+
+
+def _text(mapping: dict[str, Any], key: str, where: str = "", *, empty: bool = False) -> str:
+    value = _field(mapping, key, where)
+    if not isinstance(value, str) or not (value or empty):
+        raise ManifestFieldError(
+            f"{where}{key} must be {'a' if empty else 'a non-empty'} string, not {value!r}"
+        )
+    return value
+
+
+def _integer(mapping: dict[str, Any], key: str, where: str = "", *, minimum: int | None = None) -> int:
+    value = _field(mapping, key, where)
+    if type(value) is not int or (minimum is not None and value < minimum):
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ManifestFieldError(f"{where}{key} must be {wanted}, not {value!r}")
+    return value
+
+
+def _positive_fraction(mapping: dict[str, Any], key: str, where: str = "") -> Fraction:
+    value = _field(mapping, key, where)
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        fraction = Fraction(value)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        fraction = Fraction(0)
+    if fraction <= 0:
+        raise ManifestFieldError(
+            f'{where}{key} must be a positive rate like "25" or "30000/1001", not {value!r}'
+        )
+    return fraction
+
+
+def array_file_problem(path: Path, spec: dict[str, Any]) -> str | None:
+    """Why an array file does not match its manifest entry (missing, another shape or type, truncated or
+    too long for what its .npy header says), or None. Reads the header only: cheap, no checksum."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return f"{path.name} has an unknown .npy format version {version}"
+            data_start = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return f"{path.name} cannot be read (it is missing)"
+    except (OSError, ValueError) as error:
+        return f"{path.name} cannot be read ({error})"
+    if list(shape) != spec["shape"] or str(dtype) != spec["dtype"]:
+        return f"{path.name} has shape {shape} {dtype}, expected {spec['shape']} {spec['dtype']}"
+    expected = data_start + math.prod(shape) * dtype.itemsize
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        return f"{path.name} is {state} ({size} bytes, expected {expected})"
+    return None
 
 
 def generator_spec(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -314,12 +493,40 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _corrupt(name: str, folder: Path, problem: str) -> AvatarError:
+    removal = (
+        f"remove it (lipsync avatar remove {name})"
+        if _has_avatar_manifest(folder)
+        else f"delete the folder {folder} yourself (without an avatar manifest `lipsync avatar remove` "
+        "leaves it alone)"
+    )
     return AvatarError(
         f"avatar {name!r} in {folder.parent} is corrupt: {problem}",
-        f"prepare it again (lipsync avatar prepare VIDEO --name {name}) or remove it "
-        f"(lipsync avatar remove {name})",
+        f"prepare it again (lipsync avatar prepare VIDEO --name {name}) or {removal}",
     )
 
 
+def _has_avatar_manifest(folder: Path) -> bool:
+    """Whether `folder` holds a manifest.json of a lipsync avatar (of any version, valid or not)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == AVATAR_FORMAT
+
+
+def _permission_fix() -> str:
+    return "check that you may write to the avatars folder, then try again"
+
+
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    total = 0
+    try:
+        for path in folder.iterdir():
+            try:
+                if path.is_file():
+                    total += path.stat().st_size
+            except OSError:  # removed meanwhile
+                continue
+    except OSError:
+        return 0
+    return total

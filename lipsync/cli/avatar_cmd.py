@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     speak = avatar_commands.add_parser("speak", help="make a video of a prepared avatar saying AUDIO")
     speak.add_argument("name", help="a prepared avatar")
     speak.add_argument("audio", type=Path, help="speech track: any audio file, or a video with sound")
-    speak.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 (H.264 + AAC)")
+    speak.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
     speak.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_avatars_option(speak)
     add_model_options(speak)

@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from lipsync.errors import InputError
-from lipsync.io.video import VIDEO_FIX
+from lipsync.io.video import VIDEO_FIX, frame_to_rgb, upright_size
 
 FALLBACK_FPS = 25  # frame duration assumed when a stream states no rate and frames carry no times
 
@@ -51,9 +51,10 @@ def probe_stream_times(path: Path) -> StreamTimes:
             if container.streams.audio:
                 audio = container.streams.audio[0]
                 audio_start = seconds(audio.start_time, audio.time_base) or Fraction(0)
+            width, height = upright_size(container, video)
             return StreamTimes(
-                width=video.codec_context.width,
-                height=video.codec_context.height,
+                width=width,
+                height=height,
                 audio_start=audio_start,
                 fallback_frame_seconds=1 / Fraction(rate) if rate else Fraction(1, FALLBACK_FPS),
             )
@@ -135,5 +136,5 @@ def rgb_frames(frames: Iterator[tuple[int, av.VideoFrame]]) -> Iterator[np.ndarr
     last_number, last = -1, np.zeros(0, np.uint8)
     for number, frame in frames:
         if number != last_number:
-            last_number, last = number, np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+            last_number, last = number, frame_to_rgb(frame)
         yield last

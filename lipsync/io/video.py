@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import av
 import cv2
@@ -69,7 +72,7 @@ def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInf
                 raise InputError(f"{path} has no video track.", VIDEO_FIX)
             stream = container.streams.video[0]
             fps = _stream_fps(stream)
-            width, height = stream.codec_context.width, stream.codec_context.height
+            width, height = upright_size(container, stream)
         frame_index = _index_frames(path)
         frame_count = len(frame_index.pts)
     except av.error.FFmpegError as exc:
@@ -289,7 +292,63 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+    return frame_to_rgb(frame)
+
+
+DISPLAY_MATRIX_VALUES = 9  # a 3x3 int32 matrix; a, b, c, d (values 0, 1, 3, 4) in 16.16 fixed point
+
+
+def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's display matrix (how players turn it: every phone portrait video has one), or None."""
+    side_data: Any = frame.side_data  # PyAV's stub types this container as a single entry
+    found = side_data.get("DISPLAYMATRIX")
+    if found is None:
+        return None
+    values: tuple[int, ...] = struct.unpack(f"={DISPLAY_MATRIX_VALUES}i", bytes(found))
+    return values
+
+
+def quarter_turns(matrix: tuple[int, ...] | None) -> int:
+    """Clockwise quarter turns a player applies for this matrix (0-3), as FFmpeg computes the angle."""
+    if matrix is None:
+        return 0
+    a, b, c, d = (matrix[i] / 65536 for i in (0, 1, 3, 4))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return 0
+    clockwise = math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    return round(clockwise / 90) % 4
+
+
+def upright(pixels: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
+    """The frame as players show it: turned (and mirrored) by its display matrix, the way FFmpeg's
+    autorotate does it (transpose for quarter turns, flips for half turns and mirrored matrices)."""
+    turns = quarter_turns(matrix)
+    if matrix is None or (turns == 0 and matrix[0] > 0 and matrix[4] > 0):
+        return pixels
+    if turns == 1:  # 90 degrees clockwise; a mirrored matrix makes it a plain transpose
+        turned = pixels.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(pixels, k=-1)
+    elif turns == 3:  # 90 degrees counter-clockwise; mirrored: clockwise, then upside down
+        turned = np.rot90(pixels, k=-1)[::-1] if matrix[3] < 0 else np.rot90(pixels, k=1)
+    else:  # no turn or a half turn: mirror each axis the matrix flips
+        turned = pixels[:, ::-1] if matrix[0] < 0 else pixels
+        turned = turned[::-1] if matrix[4] < 0 else turned
+    return np.ascontiguousarray(turned)
+
+
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W, 3) RGB uint8 pixels of a decoded frame, upright as players show it."""
+    return upright(np.ascontiguousarray(frame.to_ndarray(format="rgb24")), display_matrix(frame))
+
+
+def upright_size(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, int]:
+    """(width, height) of the stream's frames once upright: swapped for a quarter turn."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    first = next(container.decode(stream), None)
+    if first is not None and quarter_turns(display_matrix(first)) % 2:
+        return height, width
+    return width, height
 
 
 def _read_image(path: Path) -> np.ndarray:

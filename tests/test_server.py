@@ -201,6 +201,96 @@ def test_serve_command_refuses_a_public_bind_before_loading_anything(
     assert "--token" in caught.value.fix  # not a weights error: the check comes first
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lipsync serve` must refuse before it loads anything: loading fails the test."""
+    from lipsync.server.engine import ServerEngine
+
+    def load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the models were loaded before the address was checked")
+
+    monkeypatch.setattr(ServerEngine, "from_pretrained", load)
+    monkeypatch.delenv("LIPSYNC_TOKEN", raising=False)
+
+
+@pytest.mark.usefixtures("no_model_load")
+def test_serve_refuses_a_bad_port_or_address_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lipsync.cli.main import main
+
+    weights = ["--weights", str(tmp_path / "none")]
+    for port in ("99999", "65536", "0", "-1"):
+        assert main(["serve", f"--port={port}", *weights]) == 2
+        err = capsys.readouterr().err
+        assert f"--port {port} is not a TCP port" in err and "1 to 65535" in err, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), *weights]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on --host 127.0.0.1 --port {port}" in err and "another --port" in err, err
+    # 192.0.2.1 (TEST-NET-1) is an address of no machine, so of not this one
+    assert main(["serve", "--host", "192.0.2.1", "--token", TOKEN, "--port", str(free_port()), *weights]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on --host 192.0.2.1" in err and "address of this machine" in err, err
+
+
+def _interrupted(*args: Any, **kwargs: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _reraised_as_runtime_error(*args: Any, **kwargs: Any) -> None:
+    """A library that catches Ctrl-C half-way through and raises its own error."""
+    import signal
+
+    try:
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(DEADLINE_S)
+    except KeyboardInterrupt as error:
+        raise RuntimeError("loading stopped") from error
+
+
+def _reraised_as_weights_error(*args: Any, **kwargs: Any) -> None:
+    """The weights loader turns the RuntimeError of an interrupted torch.load into a WeightsError."""
+    from lipsync.errors import WeightsError
+
+    try:
+        _reraised_as_runtime_error()
+    except RuntimeError as error:
+        raise WeightsError("weights file is damaged", "download it again") from error
+
+
+@pytest.mark.parametrize("load", [_interrupted, _reraised_as_runtime_error, _reraised_as_weights_error])
+def test_ctrl_c_while_the_models_load_stops_quietly(
+    load: Callable[..., None],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import signal
+
+    from lipsync.cli.main import main
+    from lipsync.server.engine import ServerEngine
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(ServerEngine, "from_pretrained", load)
+    monkeypatch.delenv("LIPSYNC_TOKEN", raising=False)
+    code = main(["serve", "--port", str(free_port()), "--weights", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err, err
+    assert "Traceback" not in err and "fix:" not in err, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for uvicorn and others
+
+
 def still_photo(folder: Path) -> Path:
     """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
     import cv2

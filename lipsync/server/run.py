@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import re
+import signal
+import socket
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
-from lipsync.config import DubSettings, ServerSettings
+from lipsync.config import DEFAULT_PORT, DubSettings, ServerSettings
 from lipsync.errors import LipsyncError
 
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -22,6 +29,7 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 TRANSPORT_SLACK_BYTES = 1
 TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
 UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
+MIN_PORT, MAX_PORT = 1, 65535
 
 
 def is_loopback(host: str) -> bool:
@@ -51,6 +59,46 @@ def redact(value: object) -> object:
     return TOKEN_IN_URL.sub(r"\1***", value) if isinstance(value, str) else value
 
 
+def check_port(port: int) -> None:
+    """A TCP port clients can be told: 1-65535 (0 would make the system pick one nobody knows)."""
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise LipsyncError(
+            f"--port {port} is not a TCP port a client can connect to",
+            f"give a port from {MIN_PORT} to {MAX_PORT} (the default is {DEFAULT_PORT})",
+        )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind every address `host` stands for on `port`, as uvicorn will, then let go at once.
+
+    A host that does not resolve, an address this machine does not have, a port in use or one that needs
+    privileges fails here, before the models load, instead of after.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        bound = 0
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds it
+                try:
+                    probe.bind(address)
+                    bound += 1
+                except OSError as error:  # asyncio skips a family the machine lacks (bpo-30945)
+                    if error.errno != errno.EADDRNOTAVAIL:
+                        raise
+        if not bound:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+    except OSError as error:  # socket.gaierror (a name that does not resolve) included
+        reason = error.strerror or str(error)
+        raise LipsyncError(
+            f"cannot listen on --host {host} --port {port}: {reason}",
+            "if another server uses the port, stop it or pick another --port; ports below 1024 need "
+            "administrator rights; --host must be an address of this machine (e.g. 127.0.0.1, 0.0.0.0, ::)",
+        ) from error
+
+
 class RedactToken(logging.Filter):
     """uvicorn logs WebSocket paths, and browsers put the token in them: keep it out of the logs.
 
@@ -65,6 +113,38 @@ class RedactToken(logging.Filter):
         elif isinstance(record.args, Mapping):
             record.args = {key: redact(arg) for key, arg in record.args.items()}
         return True
+
+
+@contextmanager
+def interruptible_start() -> Iterator[None]:
+    """Ctrl-C while the models load stops the command as a KeyboardInterrupt (the CLI: one line, exit 130).
+
+    A library that catches the KeyboardInterrupt half-way through an import or a load may raise its own
+    error instead (and the weights loader turns some of those into a WeightsError), which would end in a
+    traceback or a wrong diagnosis: an error raised after Ctrl-C was pressed is reported as the interruption.
+    """
+    pressed: list[int] = []
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    # only the main thread may set handlers; an ignored SIGINT (a background job) stays ignored
+    watch = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if watch:
+        signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception as error:
+        if pressed:
+            raise KeyboardInterrupt from error
+        raise
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
@@ -85,20 +165,27 @@ def serve(
     dub: DubSettings,
 ) -> None:
     """Check the bind address, load the generator once, then serve until interrupted."""
-    settings = replace(settings, token=settings.token or None)
-    check_bind(settings.host, settings.token)  # before anything slow: a refusal should come at once
+    host = settings.host.strip()
+    if host.startswith("[") and host.endswith("]"):  # a URL's [::1] is the address ::1
+        host = host[1:-1]
+    settings = replace(settings, host=host, token=settings.token or None)
+    # before anything slow: a refusal should come at once, not after the models have loaded
+    check_port(settings.port)
+    check_bind(settings.host, settings.token)
+    check_listen(settings.host, settings.port)
 
-    from lipsync.server.app import create_app
-    from lipsync.server.engine import ServerEngine
+    with interruptible_start():
+        from lipsync.server.app import create_app
+        from lipsync.server.engine import ServerEngine
 
-    engine = ServerEngine.from_pretrained(weights, avatars, dub, settings)
+        engine = ServerEngine.from_pretrained(weights, avatars, dub, settings)
     try:
         if engine.generator.untrained:
             print(
                 "WARNING: serving with UNTRAINED scaffolded weights: the mouths are random", file=sys.stderr
             )
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"lipsync serve: http://{host}:{settings.port}/ (avatars in {avatars})", file=sys.stderr)
+        shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"lipsync serve: http://{shown}:{settings.port}/ (avatars in {avatars})", file=sys.stderr)
         server = uvicorn.Server(uvicorn_config(create_app(engine, settings), settings))
         for name in UVICORN_LOGGERS:  # uvicorn sets its loggers up when the config is made
             logging.getLogger(name).addFilter(RedactToken())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lipsync.cli import avatar_cmd
+from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar_store import (
     AVATAR_FORMAT,
     MANIFEST_NAME,
@@ -25,6 +26,8 @@ from lipsync.pipeline.avatar_store import (
     write_array,
     write_manifest,
 )
+
+from conftest import media
 
 FRAMES = 3
 
@@ -344,3 +347,74 @@ def test_a_real_prepared_avatar_passes_and_its_copy_reports_a_truncated_array(
     assert manifest["recipe"]["face"] and manifest["generator"]["family"] == "musetalk"
     _truncate(store.path("copy") / "latents.npy")
     assert "latents.npy is truncated" in (store.info("copy").problem or "")
+
+
+# --- what runs that died left behind -------------------------------------------------------------------
+
+
+def still_frame(folder: Path) -> Path:
+    """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
+    import cv2
+
+    from lipsync.io.video import FrameReader, probe_video
+
+    with FrameReader(probe_video(media("talk_c.mp4"))) as reader:
+        frame = next(reader.frames(0, 1))
+    path = folder / "still.png"
+    cv2.imwrite(str(path), frame[..., ::-1])
+    return path
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(finished.stdout)
+
+
+def test_leftovers_of_dead_runs_are_listed_and_removed_by_the_next_prepare(
+    tiny_generator: Generator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from lipsync.cli.main import main
+    from lipsync.pipeline.avatar import prepare_avatar
+
+    store = AvatarStore(tmp_path / "avatars")
+    dead = store.root / f".tmp-{_dead_pid()}-0badc0de-anna"
+    live = store.root / f".tmp-{os.getpid()}-0badc0de-bert"  # a prepare still running
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "frames.npy").write_bytes(bytes(2_500_000))
+    assert [(leftover.path, leftover.size) for leftover in store.leftovers()] == [(dead, 2_500_000)]
+    assert main(["avatar", "list", "--avatars", str(store.root)]) == 0
+    assert f"{dead.name}: 2.5 MB left by a run that died" in capsys.readouterr().out
+
+    prepare_avatar(tiny_generator, store, "photo", still_frame(tmp_path), show_bar=False)
+    assert not dead.exists() and live.exists() and store.names() == ["photo"]
+
+
+def test_a_killed_prepare_leaves_a_leftover_the_next_one_removes(tiny_weights: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = AvatarStore(tmp_path / "avatars")
+    command = [sys.executable, "-m", "lipsync.cli.main", "avatar", "prepare", str(media("talk_c.mp4"))]
+    command += ["--name", "anna", "--avatars", str(store.root), "--weights", str(tiny_weights), "-q"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (store.root.is_dir() and any(p.name.startswith(".tmp-") for p in store.root.iterdir())):
+        assert process.poll() is None and time.monotonic() < deadline, "prepare never started writing"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # nothing can clean up after this one
+    process.wait(timeout=30)
+    (leftover,) = store.leftovers()
+    assert leftover.path.name.startswith(f".tmp-{process.pid}-")
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert store.leftovers() == [] and not leftover.path.exists()

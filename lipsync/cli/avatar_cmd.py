@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"no prepared avatars in {store.root} (lipsync avatar prepare VIDEO --name NAME)")
         for info in infos:
             print(info.format())
+        for leftover in store.leftovers():
+            print(
+                f"{leftover.path.name}: {leftover.size / 1e6:.1f} MB left by a run that died "
+                "(the next `avatar prepare` here removes it)"
+            )
         return 0
     if args.avatar_command == "remove":
         print(store.remove(args.name))

@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from lipsync.errors import InputError
@@ -23,8 +24,54 @@ def require_file(path: Path, kind: str, fix: str) -> None:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A fresh, unused name beside `path` for writing it in full before it appears."""
-    return path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    """A fresh, unused name beside `path` for writing it in full before it appears:
+    `.tmp-PID-RANDOM-NAME`, so a later run can tell whether the process that wrote it still lives."""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}-{path.name}")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary file or folder that a run which died (SIGKILL, a crash, a power cut) left behind."""
+
+    path: Path
+    size: int  # bytes
+
+
+def leftovers(folder: Path) -> list[Leftover]:
+    """The temporaries in `folder` whose writing process is gone (those of live runs are not listed)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        owner = entry.name[len(TEMP_PREFIX) :].split("-")[0] if entry.name.startswith(TEMP_PREFIX) else ""
+        if owner.isdigit() and not process_alive(int(owner)):
+            found.append(Leftover(entry, _size(entry)))
+    return found
+
+
+def remove_leftovers(folder: Path) -> list[Leftover]:
+    """Delete what `leftovers` finds; returns it."""
+    found = leftovers(folder)
+    for leftover in found:
+        _remove(leftover.path)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """True while process `pid` exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.lstat().st_size
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import numpy as np
 from lipsync.config import OUTPUT_CRF
 from lipsync.errors import InputError, OutputError
 from lipsync.io.audio import AUDIO_FIX
-from lipsync.io.files import require_file
+from lipsync.io.files import process_alive, require_file
 
 VIDEO_CODEC: Final = "libx264"
 PIXEL_FORMAT = "yuv420p"
@@ -270,20 +270,10 @@ def remove_dead_partials(path: Path) -> list[Path]:
     prefix = _partial_name(path, 0, "").split(".partial-")[0] + ".partial-"
     for leftover in path.parent.glob(f"{glob_escape(prefix)}*.mp4"):
         pid = leftover.name[len(prefix) :].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
 
 
 def _even(size: int) -> int:

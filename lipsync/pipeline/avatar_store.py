@@ -40,7 +40,7 @@ from lipsync.config import FaceSettings
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, box_at
-from lipsync.io.files import atomic_path
+from lipsync.io.files import Leftover, atomic_path, leftovers, remove_leftovers
 from lipsync.timing import StageTimes
 
 AVATAR_FORMAT = "lipsync-avatar"
@@ -183,6 +183,10 @@ class AvatarStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if NAME_PATTERN.fullmatch(p.name) and p.is_dir())
 
+    def leftovers(self) -> list[Leftover]:
+        """Half-built avatars of runs that died (removed by the next prepare in this store)."""
+        return leftovers(self.root)
+
     def list(self) -> list[AvatarInfo]:
         """Every avatar, each broken one reported by itself (one broken avatar hides none of the others)."""
         infos = []
@@ -268,6 +272,7 @@ class AvatarStore:
     def writing(self, name: str) -> Iterator[Path]:
         """A fresh temporary folder; on success it atomically replaces the avatar, on failure it vanishes."""
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.root)  # what runs that died while preparing left here
         with atomic_path(self.path(name)) as temporary:
             temporary.mkdir()
             yield temporary

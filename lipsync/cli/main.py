@@ -152,9 +152,16 @@ def _stop_on_termination() -> None:
             signal.signal(signum, _raise_terminated)
 
 
+INTERRUPTED = "interrupted: stopped; nothing half-written was kept"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     _stop_on_termination()
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C in the first moment, while the parser is built
+        print(INTERRUPTED, file=sys.stderr)
+        return 128 + signal.SIGINT
     handlers = {
         "dub": run_dub,
         "weights": run_weights,
@@ -172,14 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {with_flags(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as stop:
-        print("interrupted: no output was written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 128 + (stop.signum if isinstance(stop, Terminated) else signal.SIGINT)
     except Exception:
         if not _TERMINATED_BY:
             raise
         # The stop was raised inside a library (a C extension's import, say) that re-raised it as its own
         # error; the output was cleaned up on the way out all the same.
-        print("interrupted: no output was written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 128 + _TERMINATED_BY[0]
 
 

@@ -206,6 +206,11 @@ class ServerSettings:
     max_buffered_frames: int = 50  # frames waiting to be sent; beyond this the oldest are dropped
     jpeg_quality: int = 85
     stream: StreamSettings = StreamSettings(drop_when_full=True)
+    media_dir: Path | None = None  # prepare sources are read from here only (None: uploads only)
+    max_upload_bytes: int = 200 * 1024 * 1024  # one uploaded video or photo
+    upload_ttl_seconds: float = 600.0  # an upload no job has used is removed after this long
+    max_jobs: int = 100  # prepare jobs queued or running at once
+    job_ttl_seconds: float = 3600.0  # a finished job is forgotten after this long
 
 
 # --- Live load benchmark (`lipsync bench-live`) ----------------------------------------------------

@@ -244,6 +244,20 @@ def test_serve_refuses_a_bad_port_or_address_before_loading_anything(
     assert "cannot listen on --host 192.0.2.1" in err and "address of this machine" in err, err
 
 
+@pytest.mark.usefixtures("no_model_load")
+def test_serve_media_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lipsync.cli.main import main
+
+    assert serve_parser().parse_args(["serve"]).media is None
+    assert serve_parser().parse_args(["serve", "--media", str(tmp_path)]).media == tmp_path
+    not_a_folder = tmp_path / "file.png"
+    not_a_folder.write_bytes(b"x")
+    for media_dir in (tmp_path / "none", not_a_folder):
+        code = main(["serve", "--media", str(media_dir), "--port", str(free_port()), "--weights", "none"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--media {media_dir} is not a folder" in err, err
+
+
 def _interrupted(*args: Any, **kwargs: Any) -> None:
     raise KeyboardInterrupt
 
@@ -436,46 +450,214 @@ def test_page_is_served_without_a_token(make_server: Callable[..., Server]) -> N
         assert page.status_code == 404 and "fix" in page.json()
 
 
-def test_prepare_job_reaches_done(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> None:
+@pytest.fixture
+def fresh_server(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Like make_server, with an empty avatar store of its own (new avatars stay out of the shared one)."""
     from fastapi.testclient import TestClient
 
     from lipsync.pipeline.avatar import AvatarStore
     from lipsync.server.app import create_app
     from lipsync.server.engine import ServerEngine
 
-    engine = ServerEngine(engine_parts[0], AvatarStore(tmp_path / "avatars"), ServerSettings())
-    client = TestClient(create_app(engine, engine.settings))
-    try:
-        answer = client.post("/api/avatars", json={"name": "photo", "source": str(still_photo(tmp_path))})
-        assert answer.status_code == 202
-        job_id = answer.json()["job"]
-        seen: list[float] = []
+    engines: list[ServerEngine] = []
 
-        def finished() -> bool:
-            status = client.get(f"/api/jobs/{job_id}").json()
-            seen.append(status["progress"])
-            return status["status"] in ("done", "failed")
+    def make(**overrides: Any) -> Server:
+        settings = replace(ServerSettings(), **overrides)
+        engine = ServerEngine(engine_parts[0], AvatarStore(tmp_path / "avatars"), settings)
+        engines.append(engine)
+        return TestClient(create_app(engine, settings)), engine
 
-        wait_until(finished, "the prepare job finished")
-        status = client.get(f"/api/jobs/{job_id}").json()
-        assert status == {"id": job_id, "name": "photo", "status": "done", "progress": 1.0, "error": None}
-        assert seen == sorted(seen) and all(0.0 <= p <= 1.0 for p in seen)  # progress only goes up
-        (avatar,) = client.get("/api/avatars").json()["avatars"]
-        assert (avatar["name"], avatar["frames"], avatar["fps"]) == ("photo", 1, 25.0)
-    finally:
+    yield make
+    for engine in engines:
         engine.close(wait=True)
 
 
-def test_prepare_rejects_bad_requests(make_server: Callable[..., Server], tmp_path: Path) -> None:
+def finish(client: Any, job_id: str) -> dict[str, Any]:
+    """Wait until the job is done or failed; its last status."""
+    seen: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        seen.append(client.get(f"/api/jobs/{job_id}").json())
+        return seen[-1].get("status") in ("done", "failed")
+
+    wait_until(finished, "the prepare job finished")
+    return seen[-1]
+
+
+def test_prepare_job_reaches_done(fresh_server: Callable[..., Server], tmp_path: Path) -> None:
+    media_dir = tmp_path / "media"
+    (media_dir / "people").mkdir(parents=True)
+    still_photo(media_dir / "people")
+    client, _ = fresh_server(media_dir=media_dir)
+    answer = client.post("/api/avatars", json={"name": "photo", "source": "people/still.png"})
+    assert answer.status_code == 202
+    job_id = answer.json()["job"]
+    seen: list[float] = []
+
+    def finished() -> bool:
+        status = client.get(f"/api/jobs/{job_id}").json()
+        seen.append(status["progress"])
+        return status["status"] in ("done", "failed")
+
+    wait_until(finished, "the prepare job finished")
+    status = client.get(f"/api/jobs/{job_id}").json()
+    assert status == {"id": job_id, "name": "photo", "status": "done", "progress": 1.0, "error": None}
+    assert seen == sorted(seen) and all(0.0 <= p <= 1.0 for p in seen)  # progress only goes up
+    (avatar,) = client.get("/api/avatars").json()["avatars"]
+    assert (avatar["name"], avatar["frames"], avatar["fps"]) == ("photo", 1, 25.0)
+    assert avatar["source"] == str((media_dir / "people" / "still.png").resolve())
+
+
+def test_sources_outside_the_media_folder_get_one_answer(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    media_dir, outside = tmp_path / "media", tmp_path / "outside"
+    (media_dir / "sub").mkdir(parents=True)
+    outside.mkdir()
+    inside_file = still_photo(media_dir)
+    outside_file = still_photo(outside)
+    (media_dir / "link.png").symlink_to(outside_file)
+    (media_dir / "sub" / "uplink").symlink_to(outside, target_is_directory=True)
+    client, _ = make_server(media_dir=media_dir)
+    refused = [
+        str(outside_file),  # absolute, outside
+        str(inside_file),  # absolute, even inside
+        "../outside/still.png",
+        "sub/../../outside/still.png",
+        "link.png",  # a symlink out
+        "sub/uplink/still.png",  # through a symlinked folder out
+        "missing.png",  # does not exist
+        "../outside/missing.png",
+        "sub",  # not a file
+        "",
+        "~/still.png",
+    ]
+    answers = [client.post("/api/avatars", json={"name": "anna", "source": s}) for s in refused]
+    assert {answer.status_code for answer in answers} == {400}
+    first = answers[0].json()
+    assert all(answer.json() == first for answer in answers), [answer.json() for answer in answers]
+    assert "media folder" in first["error"] and "--media" in first["fix"] and "/api/uploads" in first["fix"]
+    assert str(tmp_path) not in json.dumps(first)
+    bad_name = client.post("/api/avatars", json={"name": "../evil", "source": "still.png"})
+    assert bad_name.status_code == 400 and "letters" in bad_name.json()["fix"]
+
+
+def test_without_a_media_folder_no_server_path_is_read(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    still_photo(tmp_path)
     client, _ = make_server()
-    missing = client.post("/api/avatars", json={"name": "anna", "source": str(tmp_path / "none.mp4")})
-    assert missing.status_code == 400 and "none.mp4" in missing.json()["error"]
+    for source in ("still.png", str(tmp_path / "still.png")):
+        answer = client.post("/api/avatars", json={"name": "anna", "source": source})
+        assert answer.status_code == 400 and "--media" in answer.json()["fix"], answer.json()
+
+
+def test_prepare_rejects_bad_requests(make_server: Callable[..., Server], tmp_path: Path) -> None:
+    client, _ = make_server(media_dir=tmp_path)
+    missing = client.post("/api/avatars", json={"name": "anna", "source": "none.mp4"})
+    assert missing.status_code == 400 and "media folder" in missing.json()["error"]
     bad_name = client.post("/api/avatars", json={"name": "../evil", "source": str(media("talk_c.mp4"))})
     assert bad_name.status_code == 400 and "letters" in bad_name.json()["fix"]
     no_source = client.post("/api/avatars", json={"name": "anna"})
     assert no_source.status_code == 400 and "source" in no_source.json()["error"]
+    both = client.post("/api/avatars", json={"name": "anna", "source": "a.png", "upload": "x"})
+    assert both.status_code == 400 and "exactly one" in both.json()["error"]
+    unknown_upload = client.post("/api/avatars", json={"name": "anna", "upload": "nope"})
+    assert unknown_upload.status_code == 400 and "/api/uploads" in unknown_upload.json()["fix"]
     unknown = client.get("/api/jobs/nope")
     assert unknown.status_code == 404 and unknown.json()["fix"]
+
+
+OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+
+
+def test_an_uploaded_still_is_prepared_and_then_removed(
+    fresh_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    client, engine = fresh_server()
+    folder = engine.uploads.folder
+    assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+    photo = still_photo(tmp_path).read_bytes()
+    answer = client.post("/api/uploads?name=Me%20at%20home.PNG", content=photo, headers=OCTET_STREAM)
+    assert answer.status_code == 201, answer.json()
+    upload_id = answer.json()["upload"]
+    (stored,) = folder.iterdir()
+    assert stored.suffix == ".png" and stored.read_bytes() == photo
+    job = client.post("/api/avatars", json={"name": "uploaded", "upload": upload_id})
+    assert job.status_code == 202
+    assert finish(client, job.json()["job"])["status"] == "done"
+    (avatar,) = client.get("/api/avatars").json()["avatars"]
+    assert (avatar["name"], avatar["frames"]) == ("uploaded", 1)
+    assert list(folder.iterdir()) == []  # removed when the job ended
+    again = client.post("/api/avatars", json={"name": "again", "upload": upload_id})
+    assert again.status_code == 400 and "again" in again.json()["fix"]  # an upload serves one job
+
+    # a failed job removes its upload too
+    answer = client.post("/api/uploads?name=clip.mp4", content=b"not a video", headers=OCTET_STREAM)
+    job = client.post("/api/avatars", json={"name": "broken", "upload": answer.json()["upload"]})
+    assert finish(client, job.json()["job"])["status"] == "failed"
+    assert list(folder.iterdir()) == []
+
+    for name in ("notes.txt", "noext", ""):
+        refused = client.post(f"/api/uploads?name={name}", content=photo, headers=OCTET_STREAM)
+        assert refused.status_code == 400 and ".png" in refused.json()["fix"], name
+    assert client.post("/api/uploads", content=photo, headers=OCTET_STREAM).status_code == 400
+    assert list(folder.iterdir()) == []
+    engine.close(wait=True)
+    assert not folder.exists()  # the folder goes with the server
+
+
+def test_oversized_and_stale_uploads_leave_nothing(make_server: Callable[..., Server]) -> None:
+    client, engine = make_server(max_upload_bytes=1000)
+    folder = engine.uploads.folder
+    declared = client.post("/api/uploads?name=a.png", content=b"x" * 1001, headers=OCTET_STREAM)
+    assert declared.status_code == 413 and "1000" in declared.json()["error"] and declared.json()["fix"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts while it stores
+        for _ in range(5):
+            yield b"x" * 400
+
+    streamed = client.post("/api/uploads?name=a.png", content=chunks(), headers=OCTET_STREAM)
+    assert streamed.status_code == 413, streamed.json()
+    assert list(folder.iterdir()) == []
+    fits = client.post("/api/uploads?name=a.png", content=b"x" * 1000, headers=OCTET_STREAM)
+    assert fits.status_code == 201 and len(list(folder.iterdir())) == 1
+
+    client, engine = make_server(upload_ttl_seconds=0.0)  # every upload is stale at once
+    answer = client.post("/api/uploads?name=a.png", content=b"x", headers=OCTET_STREAM)
+    job = client.post("/api/avatars", json={"name": "late", "upload": answer.json()["upload"]})
+    assert job.status_code == 400 and "unused" in job.json()["error"]
+    assert list(engine.uploads.folder.iterdir()) == []
+
+
+def test_job_limit_and_finished_jobs_are_forgotten(
+    fresh_server: Callable[..., Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lipsync.server.engine as engine_module
+
+    started, release = threading.Event(), threading.Event()
+
+    def blocked_prepare(*args: Any, **kwargs: Any) -> None:
+        started.set()
+        assert release.wait(DEADLINE_S)
+
+    monkeypatch.setattr(engine_module, "prepare_avatar", blocked_prepare)
+    still_photo(tmp_path)
+    client, _ = fresh_server(media_dir=tmp_path, max_jobs=2, job_ttl_seconds=0.3)
+    first = client.post("/api/avatars", json={"name": "one", "source": "still.png"}).json()["job"]
+    assert started.wait(DEADLINE_S)  # running
+    second = client.post("/api/avatars", json={"name": "two", "source": "still.png"})
+    assert second.status_code == 202  # queued
+    third = client.post("/api/avatars", json={"name": "three", "source": "still.png"})
+    assert third.status_code == 429 and "limit of 2" in third.json()["error"] and third.json()["fix"]
+    release.set()
+    wait_until(
+        lambda: client.get(f"/api/jobs/{second.json()['job']}").json().get("status") in ("done", None),
+        "both jobs finished",
+    )
+    assert client.post("/api/avatars", json={"name": "three", "source": "still.png"}).status_code == 202
+    wait_until(lambda: client.get(f"/api/jobs/{first}").status_code == 404, "the finished job was forgotten")
+    assert "no job" in client.get(f"/api/jobs/{first}").json()["error"]
 
 
 def test_a_failed_job_reports_its_error(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from lipsync.cli.options import add_avatars_option, add_model_options, positive_int, settings_from_args
 from lipsync.config import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
@@ -33,13 +34,26 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=ServerSettings.max_sessions,
         help=f"concurrent live sessions (default {ServerSettings.max_sessions})",
     )
+    serve.add_argument(
+        "--media",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder whose videos and photos clients may prepare avatars from (POST /api/avatars "
+        '{"source": "PATH/RELATIVE/TO/DIR"}); nothing outside it is read. Default: none, clients then '
+        "upload their files (POST /api/uploads)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from lipsync.server.run import serve
 
     settings = ServerSettings(
-        host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions
+        host=args.host,
+        port=args.port,
+        token=args.token or None,
+        max_sessions=args.max_sessions,
+        media_dir=args.media,
     )
     serve(settings, args.weights, args.avatars, settings_from_args(args))
     return 0

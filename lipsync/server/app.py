@@ -30,7 +30,14 @@ from lipsync.errors import LipsyncError
 from lipsync.pipeline.avatar import AvatarInfo
 from lipsync.pipeline.avatar_store import check_name
 from lipsync.pipeline.stream import StreamFrame, StreamSession
-from lipsync.server.engine import JobConflict, PrepareRequest, ServerEngine, TooManySessions, UnknownJob
+from lipsync.server.engine import (
+    JobConflict,
+    PrepareRequest,
+    ServerEngine,
+    TooManyJobs,
+    TooManySessions,
+    UnknownJob,
+)
 from lipsync.server.protocol import (
     CloseCode,
     ErrorMessage,
@@ -42,6 +49,7 @@ from lipsync.server.protocol import (
     parse_control,
     pcm_to_float,
 )
+from lipsync.server.uploads import UploadTooBig, media_source, remove
 
 log = logging.getLogger(__name__)
 SessionLoop = Callable[[WebSocket, StreamSession, ServerSettings], Awaitable[ErrorMessage | None]]
@@ -60,7 +68,13 @@ class ApiError(LipsyncError):
         self.status = status
 
 
-ERROR_STATUS: dict[type[LipsyncError], int] = {UnknownJob: 404, JobConflict: 409, TooManySessions: 429}
+ERROR_STATUS: dict[type[LipsyncError], int] = {
+    UnknownJob: 404,
+    JobConflict: 409,
+    UploadTooBig: 413,
+    TooManySessions: 429,
+    TooManyJobs: 429,
+}
 DEFAULT_ERROR_STATUS = 400
 
 
@@ -70,7 +84,8 @@ class PrepareBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    source: str  # a video or photo path on the server's machine
+    source: str | None = None  # a video or photo path relative to the server's media folder
+    upload: str | None = None  # or the id POST /api/uploads answered with (exactly one of the two)
     bbox_shift: int = 0
     force: bool = False  # prepare again even when a prepared avatar of this source exists
 
@@ -150,7 +165,8 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         return _error_response(
             DEFAULT_ERROR_STATUS,
             f"bad request: {problems}",
-            'send JSON like {"name": "anna", "source": "/path/on/server.mp4", "bbox_shift": 0}',
+            'send JSON like {"name": "anna", "source": "clips/anna.mp4", "bbox_shift": 0} '
+            '(or {"name": "anna", "upload": "<id>"})',
         )
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
@@ -166,17 +182,44 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
 
     @api.post("/avatars", status_code=202)
     async def prepare(body: PrepareBody) -> dict[str, Any]:
-        source = Path(body.source).expanduser()
-        if not source.is_file():
+        if (body.source is None) == (body.upload is None):
             raise ApiError(
                 400,
-                f"source {body.source!r} is not a file on the server",
-                "give the path of a video or photo on the server's machine (absolute, or relative to the "
-                "folder the server was started in)",
+                "a prepare request needs exactly one of 'source' and 'upload'",
+                'send {"name": "anna", "source": "PATH/IN/MEDIA/FOLDER.mp4"} or {"name": "anna", '
+                '"upload": "<id from POST /api/uploads>"}',
             )
         check_name(body.name)
-        job = engine.submit_prepare(PrepareRequest(body.name, source, body.bbox_shift, body.force))
+        source = None
+        if body.source is not None:
+            source = await anyio.to_thread.run_sync(media_source, settings.media_dir, body.source)
+        request = PrepareRequest(body.name, source, body.bbox_shift, body.force, upload=body.upload)
+        job = engine.submit_prepare(request)
         return {"job": job.id}
+
+    @api.post("/uploads", status_code=201)
+    async def upload(request: Request, name: str | None = None) -> dict[str, Any]:
+        limit = settings.max_upload_bytes
+        too_big = UploadTooBig(
+            f"the upload is over the limit of {limit} bytes",
+            "send a shorter or smaller video or photo (the limit is the server's max_upload_bytes)",
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        upload_id, partial = engine.uploads.begin(name)
+        size = 0
+        try:
+            with partial.open("xb") as file:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_big
+                    file.write(chunk)
+            engine.uploads.finish(upload_id, partial)
+        finally:
+            remove(partial)  # gone already when finished
+        return {"upload": upload_id}
 
     @api.get("/jobs/{job_id}")
     async def job(job_id: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_ava
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
 from lipsync.pipeline.stream import StreamSession
 from lipsync.server.protocol import encode_jpeg
+from lipsync.server.uploads import UploadStore, remove
 
 JobState = Literal["queued", "running", "done", "failed"]
 PREPARE_THREAD_NAME = "lipsync-prepare"
@@ -41,6 +43,10 @@ class JobConflict(LipsyncError):
     """A prepare job for this avatar is already queued or running."""
 
 
+class TooManyJobs(LipsyncError):
+    """`max_jobs` prepare jobs are already queued or running."""
+
+
 @dataclass(frozen=True)
 class Health:
     status: Literal["ok"]
@@ -53,10 +59,13 @@ class Health:
 
 @dataclass(frozen=True)
 class PrepareRequest:
+    """Prepare `name` from `source` (a path the caller has checked) or from the upload of id `upload`."""
+
     name: str
-    source: Path
+    source: Path | None
     bbox_shift: int = 0
     force: bool = False
+    upload: str | None = None  # its file is removed when the job ends
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,11 @@ class JobStatus:
 class _Job:
     id: str
     request: PrepareRequest
+    source: Path
     status: JobState = "queued"
     progress: float = 0.0
     error: str | None = None
+    finished: float | None = None  # time.monotonic() when it ended (done or failed)
 
     def snapshot(self) -> JobStatus:
         return JobStatus(self.id, self.request.name, self.status, self.progress, self.error)
@@ -123,6 +134,7 @@ class ServerEngine:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self.uploads = UploadStore(settings.upload_ttl_seconds)
 
     @classmethod
     def from_pretrained(
@@ -227,17 +239,34 @@ class ServerEngine:
         return DubSettings(face=replace(self.face, bbox_shift=bbox_shift), runtime=self.runtime)
 
     def submit_prepare(self, request: PrepareRequest) -> JobStatus:
-        """Queue a prepare job; one worker thread runs the jobs one after another."""
+        """Queue a prepare job; one worker thread runs the jobs one after another.
+
+        At most `max_jobs` jobs may be queued or running; an upload is taken by the job (and given back
+        if the job is refused).
+        """
+        if (request.source is None) == (request.upload is None):
+            raise LipsyncError("a prepare job needs a source or an upload, not both", "give exactly one")
+        self.uploads.prune()
         with self._lock:
             if self._closed:
                 raise LipsyncError("the server is shutting down", "start it again, then retry")
-            for job in self._jobs.values():
-                if job.request.name == request.name and job.status in ("queued", "running"):
+            self._forget_finished_jobs()
+            active = [job for job in self._jobs.values() if job.status in ("queued", "running")]
+            for job in active:
+                if job.request.name == request.name:
                     raise JobConflict(
                         f"avatar {request.name!r} is already being prepared (job {job.id})",
                         f"wait until GET /api/jobs/{job.id} says done or failed, then retry",
                     )
-            job = _Job(uuid.uuid4().hex, request)
+            limit = self.settings.max_jobs
+            if len(active) >= limit:
+                raise TooManyJobs(
+                    f"the server already has its limit of {limit} prepare jobs queued or running",
+                    "wait until some of them are done or failed, then retry",
+                )
+            source = request.source if request.upload is None else self.uploads.claim(request.upload)
+            assert source is not None
+            job = _Job(uuid.uuid4().hex, request, source)
             self._jobs[job.id] = job
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name=PREPARE_THREAD_NAME, daemon=True)
@@ -246,11 +275,29 @@ class ServerEngine:
             return job.snapshot()
 
     def job(self, job_id: str) -> JobStatus:
+        self.uploads.prune()
         with self._lock:
+            self._forget_finished_jobs()
             job = self._jobs.get(job_id)
             if job is None:
                 raise UnknownJob(f"no job {job_id!r}", "use the id that POST /api/avatars answered with")
             return job.snapshot()
+
+    def _forget_finished_jobs(self) -> None:
+        """Drop jobs that ended over `job_ttl_seconds` ago; call with `_lock` held."""
+        cutoff = time.monotonic() - self.settings.job_ttl_seconds
+        old = [key for key, job in self._jobs.items() if job.finished is not None and job.finished <= cutoff]
+        for key in old:
+            del self._jobs[key]
+
+    def _end(self, job: _Job, status: JobState, error: str | None = None) -> None:
+        """Mark a job done or failed, and remove its upload."""
+        with self._lock:
+            job.status, job.error, job.finished = status, error, time.monotonic()
+            if status == "done":
+                job.progress = 1.0
+        if job.request.upload is not None:
+            remove(job.source)
 
     def _update(self, job: _Job, **changes: object) -> None:
         with self._lock:
@@ -277,31 +324,36 @@ class ServerEngine:
                 self.generator,
                 self.store,
                 request.name,
-                request.source,
+                job.source,
                 self.prepare_settings(request.bbox_shift),
                 force=request.force,
                 on_progress=on_progress,
                 show_bar=False,
             )
         except LipsyncError as error:
-            self._update(job, status="failed", error=str(error))
+            self._end(job, "failed", str(error))
         except Exception as error:  # a bug must not kill the worker: report it on the job
-            self._update(job, status="failed", error=f"internal error: {type(error).__name__}: {error}")
+            self._end(job, "failed", f"internal error: {type(error).__name__}: {error}")
         else:
             self.forget_avatar(request.name)
-            self._update(job, status="done", progress=1.0)
+            self._end(job, "done")
 
     def close(self, wait: bool = False) -> None:
         """Stop taking jobs; queued ones fail. With `wait`, also wait for the running one."""
         with self._lock:
             self._closed = True
             worker = self._worker
-            for job in self._jobs.values():
-                if job.status == "queued":
-                    job.status, job.error = "failed", "the server shut down before the job started"
+            queued = [job for job in self._jobs.values() if job.status == "queued"]
+            for job in queued:  # under the lock, so that the worker skips them
+                job.status, job.error = "failed", "the server shut down before the job started"
+                job.finished = time.monotonic()
+        for job in queued:
+            if job.request.upload is not None:
+                remove(job.source)
         if worker is not None:
             self._queue.put(None)
             if wait:
                 worker.join()
+        self.uploads.close()
         with self._load_lock:
             self._avatars.clear()

@@ -147,6 +147,18 @@ def interruptible_start() -> Iterator[None]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def check_media(folder: Path) -> Path:
+    """The media folder, resolved (symlinks followed), or a LipsyncError if it is no folder."""
+    resolved = folder.expanduser().resolve()
+    if not resolved.is_dir():
+        raise LipsyncError(
+            f"--media {folder} is not a folder",
+            "give the folder whose videos and photos clients may prepare avatars from, or leave --media "
+            "out to accept uploads only",
+        )
+    return resolved
+
+
 def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -173,6 +185,8 @@ def serve(
     check_port(settings.port)
     check_bind(settings.host, settings.token)
     check_listen(settings.host, settings.port)
+    if settings.media_dir is not None:
+        settings = replace(settings, media_dir=check_media(settings.media_dir))
 
     with interruptible_start():
         from lipsync.server.app import create_app

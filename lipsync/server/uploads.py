@@ -1,0 +1,163 @@
+"""Where `lipsync serve` may read the sources of prepare jobs: its media folder, and files clients upload.
+
+A client names a server-side source by its path relative to the media folder (`lipsync serve --media DIR`);
+anything else (absolute, `..`, a symlink out of the folder, missing, not a file) gets one and the same
+refusal, so the answer does not tell which files exist. Uploads go to a private temporary folder that lives
+as long as the server; each upload is removed when the job that used it ends, or when unused for a while.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from lipsync.errors import LipsyncError
+
+UPLOAD_SUFFIXES = frozenset(
+    {".mp4", ".mov", ".mkv", ".webm", ".avi", ".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+)
+UPLOAD_DIR_PREFIX = "lipsync-uploads-"
+PARTIAL_SUFFIX = ".part"
+
+
+class SourceRefused(LipsyncError):
+    """A prepare source the server will not read."""
+
+
+class UnknownUpload(LipsyncError):
+    """No (unused) upload has this id."""
+
+
+class UploadRefused(LipsyncError):
+    """An upload the server will not keep (bad name)."""
+
+
+class UploadTooBig(LipsyncError):
+    """An upload over `max_upload_bytes`."""
+
+
+def not_in_media() -> SourceRefused:
+    """The one answer for every source that is not a file inside the media folder."""
+    return SourceRefused(
+        "source is not a file in the server's media folder",
+        "give the path of a video or photo relative to the media folder the server was started with "
+        "(lipsync serve --media DIR), or upload the file with POST /api/uploads and send "
+        '{"upload": ID}',
+    )
+
+
+def media_source(media_dir: Path | None, source: str) -> Path:
+    """The file `source` names inside `media_dir` (symlinks followed), or SourceRefused.
+
+    Absolute paths, paths that leave the folder, missing paths and non-files all get the same answer.
+    """
+    if media_dir is None:
+        raise SourceRefused(
+            "this server reads no files of its own: it was started without a media folder",
+            'upload the file with POST /api/uploads and send {"upload": ID}, or start the server with '
+            "--media DIR and give a path relative to DIR",
+        )
+    try:
+        if not source or "\0" in source or PurePath(source).is_absolute() or source.startswith("~"):
+            raise not_in_media()
+        root = media_dir.resolve(strict=True)
+        target = (root / source).resolve(strict=True)
+        if not target.is_relative_to(root) or not target.is_file():
+            raise not_in_media()
+    except (OSError, ValueError, RuntimeError) as error:  # missing, unreadable, a symlink loop
+        raise not_in_media() from error
+    return target
+
+
+def upload_suffix(name: str | None) -> str:
+    """The suffix of an uploaded file's original name, if it is one lipsync reads; else UploadRefused."""
+    suffix = PurePath(name or "").suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise UploadRefused(
+            f"upload name {name!r} does not end in a video or photo suffix lipsync reads",
+            f"send ?name=ORIGINAL_FILE_NAME ending in one of {', '.join(sorted(UPLOAD_SUFFIXES))}",
+        )
+    return suffix
+
+
+@dataclass
+class _Upload:
+    path: Path
+    stored: float  # time.monotonic() when it was complete
+
+
+class UploadStore:
+    """Uploaded files in a private (0700) temporary folder, made now and removed by `close`.
+
+    An upload is complete once `finish` was called; `claim` hands it to one job (and forgets it: the job
+    removes the file when it ends). Unclaimed uploads older than `ttl_seconds` are removed by `prune`, which
+    every other method calls.
+    """
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.folder = Path(tempfile.mkdtemp(prefix=UPLOAD_DIR_PREFIX))  # mode 0700
+        self._lock = threading.Lock()
+        self._uploads: dict[str, _Upload] = {}
+        self._closed = False
+
+    def begin(self, name: str | None) -> tuple[str, Path]:
+        """A new upload's id and the path to write its bytes to (not yet claimable)."""
+        suffix = upload_suffix(name)
+        self.prune()
+        with self._lock:
+            if self._closed:
+                raise LipsyncError("the server is shutting down", "start it again, then retry")
+        upload_id = uuid.uuid4().hex
+        return upload_id, self.folder / f"{upload_id}{suffix}{PARTIAL_SUFFIX}"
+
+    def finish(self, upload_id: str, partial: Path) -> None:
+        """The bytes of `partial` are complete: the upload may now be claimed."""
+        path = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
+        os.replace(partial, path)
+        with self._lock:
+            if self._closed:
+                remove(path)
+                raise LipsyncError("the server is shutting down", "start it again, then retry")
+            self._uploads[upload_id] = _Upload(path, time.monotonic())
+
+    def claim(self, upload_id: str) -> Path:
+        """The file of an unused upload, now owned by the caller (who removes it)."""
+        self.prune()
+        with self._lock:
+            upload = self._uploads.pop(upload_id, None)
+        if upload is None:
+            raise UnknownUpload(
+                f"no unused upload {upload_id!r}",
+                "upload the file again with POST /api/uploads (an upload is used by one job only, and "
+                f"removed when unused for {self.ttl_seconds:g} s)",
+            )
+        return upload.path
+
+    def prune(self) -> None:
+        cutoff = time.monotonic() - self.ttl_seconds
+        with self._lock:
+            old = [key for key, upload in self._uploads.items() if upload.stored <= cutoff]
+            expired = [self._uploads.pop(key) for key in old]
+        for upload in expired:
+            remove(upload.path)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._uploads)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._uploads.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)

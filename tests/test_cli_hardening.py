@@ -19,8 +19,9 @@ from lipsync.errors import InputError
 from lipsync.face.track import track_face
 from lipsync.io.video import FrameReader, probe_video
 from lipsync.io.writer import NAME_MAX_BYTES, VideoWriter
+from lipsync.models.generator import Generator
 
-from conftest import REPO, media
+from conftest import REPO, media, write_clip
 
 
 def dub_args(out: str, weights: Path, *extra: str) -> list[str]:
@@ -100,3 +101,30 @@ def test_partial_files_of_dead_runs_are_removed_by_the_next_run(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [out.name, held_by_live.name, other_output.name]
     )
+
+
+def test_a_damaged_tail_ends_the_video_where_frames_stop_decoding(
+    tiny_generator: Generator, tmp_path: Path
+) -> None:
+    from lipsync.pipeline.avatar import AvatarStore, prepare_avatar
+    from lipsync.pipeline.dub import DubPipeline
+
+    clip = write_clip(media("talk_c.mp4"), tmp_path / "clip.mp4", 30)  # index first (faststart)
+    data = bytearray(clip.read_bytes())
+    data[int(len(data) * 0.6) :] = bytes(len(data) - int(len(data) * 0.6))  # the last frames are zeros
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(data)
+    info = probe_video(damaged)
+    assert info.frame_count == 30  # the index still lists every frame
+    with FrameReader(info) as reader:
+        assert len(list(reader.frames(0, 30))) == 30  # padded with the last good frame, no traceback
+        good = reader.info.frame_count
+    assert 5 < good < 30
+
+    speech = media("speech_44k_stereo.wav")  # 125 frames: the cycle turns at the last good frame
+    summary = DubPipeline(tiny_generator)(damaged, speech, tmp_path / "out.mp4", progress=False)
+    assert summary.frames == probe_video(tmp_path / "out.mp4").frame_count == 125
+    store = AvatarStore(tmp_path / "avatars")
+    prepare_avatar(tiny_generator, store, "damaged", damaged, show_bar=False)
+    avatar = store.load("damaged")
+    assert avatar.frame_count == good and sorted(set(avatar.cycle.tolist())) == list(range(good))

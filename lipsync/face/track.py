@@ -52,6 +52,10 @@ class FaceTrack:
             return None
         return FaceLandmarks(points=self.points[index].copy(), face_oval=self.face_ovals[index].copy())
 
+    def head(self, count: int) -> FaceTrack:
+        """The track of the first `count` frames."""
+        return FaceTrack(self.boxes[:count], self.points[:count], self.face_ovals[:count])
+
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
             np.savez(f, boxes=self.boxes, points=self.points, face_ovals=self.face_ovals)

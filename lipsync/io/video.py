@@ -6,7 +6,7 @@ import bisect
 import math
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -184,6 +184,12 @@ class FrameReader:
         for _ in range(count):
             yield self._image.copy()
 
+    def _shorten(self, decodable: int) -> None:
+        """The frames from `decodable` on cannot be decoded (a damaged tail): from now on the video ends
+        there, so the forward-backward cycle turns at its last good frame."""
+        if 0 < decodable < self.info.frame_count:
+            self.info = replace(self.info, frame_count=decodable)
+
     def _open_stream(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
         container = av.open(str(self.info.path))
         self._open.add(container)
@@ -202,7 +208,7 @@ class FrameReader:
         index = 0
         last: np.ndarray | None = None
         try:
-            for frame in container.decode(stream):
+            for frame in _decodable(container, stream):
                 if index >= stop:
                     break
                 if index >= start:
@@ -212,6 +218,7 @@ class FrameReader:
         finally:
             self._release(container)
         if index < stop:
+            self._shorten(index)
             if last is None:
                 raise InputError(f"{self.info.path}: frame {index} could not be decoded.", VIDEO_FIX)
             for _ in range(stop - max(index, start)):
@@ -239,7 +246,7 @@ class FrameReader:
             except av.error.FFmpegError:
                 return
             wanted = start
-            for frame in container.decode(stream):
+            for frame in _decodable(container, stream):
                 if frame.pts is None or frame.pts < index.pts[start]:
                     continue  # frames before the range, including undecodable leading ones
                 if frame.pts != index.pts[wanted]:
@@ -289,6 +296,19 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
         if rate:
             return Fraction(rate.numerator, rate.denominator)
     return None
+
+
+def _decodable(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> Iterator[av.VideoFrame]:
+    """The stream's frames up to the first one that cannot be decoded (a damaged tail ends the video)."""
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except (StopIteration, av.error.FFmpegError):
+            return
+        yield frame
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:

@@ -190,7 +190,9 @@ def _build(
             show_bar,
             on_frame=face_progress,
             box_rule=generator.crop_box,
-        )
+        ).head(reader.info.frame_count)  # shorter when the video's tail cannot be decoded
+        info = reader.info
+        count = info.frame_count
         if track.faces_found == 0:
             raise NoFaceError(
                 f"no face was found in any frame of {source}",

@@ -214,7 +214,7 @@ class DubPipeline:
             count = min(info.frame_count, total)
             track = find_faces(
                 reader, info, count, self.settings.face, times, progress, box_rule=self.generator.crop_box
-            )
+            ).head(reader.info.frame_count)  # shorter when the video's tail cannot be decoded
             if track.faces_found == 0:
                 raise NoFaceError(
                     f"no face was found in any frame of {source}",

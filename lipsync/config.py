@@ -208,6 +208,7 @@ class ServerSettings:
     stream: StreamSettings = StreamSettings(drop_when_full=True)
     media_dir: Path | None = None  # prepare sources are read from here only (None: uploads only)
     max_upload_bytes: int = 200 * 1024 * 1024  # one uploaded video or photo
+    max_upload_total_bytes: int = 1024 * 1024 * 1024  # all uploads on disk at once (held or being used)
     upload_ttl_seconds: float = 600.0  # an upload no job has used is removed after this long
     max_jobs: int = 100  # prepare jobs queued or running at once
     job_ttl_seconds: float = 3600.0  # a finished job is forgotten after this long

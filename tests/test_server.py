@@ -623,6 +623,13 @@ def test_oversized_and_stale_uploads_leave_nothing(make_server: Callable[..., Se
     fits = client.post("/api/uploads?name=a.png", content=b"x" * 1000, headers=OCTET_STREAM)
     assert fits.status_code == 201 and len(list(folder.iterdir())) == 1
 
+    client, engine = make_server(max_upload_bytes=1000, max_upload_total_bytes=2500)  # disk use is bounded
+    sizes = [
+        client.post("/api/uploads?name=a.png", content=b"x" * 1000, headers=OCTET_STREAM) for _ in range(3)
+    ]
+    assert [answer.status_code for answer in sizes] == [201, 201, 413]
+    assert "on disk" in sizes[2].json()["error"] and engine.uploads.bytes_on_disk() == 2000
+
     client, engine = make_server(upload_ttl_seconds=0.0)  # every upload is stale at once
     answer = client.post("/api/uploads?name=a.png", content=b"x", headers=OCTET_STREAM)
     job = client.post("/api/avatars", json={"name": "late", "upload": answer.json()["upload"]})

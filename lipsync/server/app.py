@@ -208,6 +208,11 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_big
         upload_id, partial = engine.uploads.begin(name)
+        room = settings.max_upload_total_bytes - engine.uploads.bytes_on_disk()
+        full = UploadTooBig(
+            f"the server's uploads would pass their limit of {settings.max_upload_total_bytes} bytes on disk",
+            "wait until the queued prepare jobs have used their uploads, then send it again",
+        )
         size = 0
         try:
             with partial.open("xb") as file:
@@ -215,6 +220,8 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
                     size += len(chunk)
                     if size > limit:
                         raise too_big
+                    if size > room:
+                        raise full
                     file.write(chunk)
             engine.uploads.finish(upload_id, partial)
         finally:

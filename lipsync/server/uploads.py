@@ -148,6 +148,10 @@ class UploadStore:
         for upload in expired:
             remove(upload.path)
 
+    def bytes_on_disk(self) -> int:
+        """What the upload folder holds now: unused uploads, those jobs are using, and partial ones."""
+        return sum(entry.stat().st_size for entry in self.folder.iterdir() if entry.is_file())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._uploads)

@@ -403,8 +403,11 @@ def test_a_killed_prepare_leaves_a_leftover_the_next_one_removes(tiny_weights: P
     import sys
     import time
 
+    from conftest import write_clip
+
     store = AvatarStore(tmp_path / "avatars")
-    command = [sys.executable, "-m", "lipsync.cli.main", "avatar", "prepare", str(media("talk_c.mp4"))]
+    clip = write_clip(media("talk_c.mp4"), tmp_path / "clip.mp4", 40)
+    command = [sys.executable, "-m", "lipsync.cli.main", "avatar", "prepare", str(clip)]
     command += ["--name", "anna", "--avatars", str(store.root), "--weights", str(tiny_weights), "-q"]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

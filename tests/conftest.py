@@ -155,3 +155,16 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16_000) -> Pat
         out.setframerate(sample_rate)
         out.writeframes(float_to_pcm(samples))
     return path
+
+
+def still_photo(folder: Path) -> Path:
+    """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
+    import cv2
+
+    from lipsync.io.video import FrameReader, probe_video
+
+    with FrameReader(probe_video(media("talk_c.mp4"))) as reader:
+        frame = next(reader.frames(0, 1))
+    path = folder / "still.png"
+    cv2.imwrite(str(path), frame[..., ::-1])
+    return path

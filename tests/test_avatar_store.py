@@ -27,7 +27,7 @@ from lipsync.pipeline.avatar_store import (
     write_manifest,
 )
 
-from conftest import media
+from conftest import media, still_photo
 
 FRAMES = 3
 
@@ -352,19 +352,6 @@ def test_a_real_prepared_avatar_passes_and_its_copy_reports_a_truncated_array(
 # --- what runs that died left behind -------------------------------------------------------------------
 
 
-def still_frame(folder: Path) -> Path:
-    """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
-    import cv2
-
-    from lipsync.io.video import FrameReader, probe_video
-
-    with FrameReader(probe_video(media("talk_c.mp4"))) as reader:
-        frame = next(reader.frames(0, 1))
-    path = folder / "still.png"
-    cv2.imwrite(str(path), frame[..., ::-1])
-    return path
-
-
 def _dead_pid() -> int:
     import subprocess
     import sys
@@ -393,7 +380,7 @@ def test_leftovers_of_dead_runs_are_listed_and_removed_by_the_next_prepare(
     assert main(["avatar", "list", "--avatars", str(store.root)]) == 0
     assert f"{dead.name}: 2.5 MB left by a run that died" in capsys.readouterr().out
 
-    prepare_avatar(tiny_generator, store, "photo", still_frame(tmp_path), show_bar=False)
+    prepare_avatar(tiny_generator, store, "photo", still_photo(tmp_path), show_bar=False)
     assert not dead.exists() and live.exists() and store.names() == ["photo"]
 
 

@@ -10,19 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
 from lipsync.cli.main import main
 from lipsync.config import ServerSettings
 from lipsync.errors import OutputError
 from lipsync.io import writer
-from lipsync.io.video import FrameReader, probe_video
 from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import AvatarError, AvatarStore, prepare_avatar
 from lipsync.pipeline.dub import DubPipeline
 
-from conftest import media
+from conftest import media, still_photo
 
 NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -57,14 +55,6 @@ def full_disk_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     return fill
 
 
-def still(folder: Path) -> Path:
-    with FrameReader(probe_video(media("talk_c.mp4"))) as reader:
-        frame = next(reader.frames(0, 1))
-    path = folder / "still.png"
-    cv2.imwrite(str(path), frame[..., ::-1])
-    return path
-
-
 def test_a_dub_on_a_full_disk_fails_clearly_and_leaves_nothing(
     tiny_generator: Generator, full_disk_after: Callable[[int], None], tmp_path: Path
 ) -> None:
@@ -72,7 +62,9 @@ def test_a_dub_on_a_full_disk_fails_clearly_and_leaves_nothing(
     out = tmp_path / "out" / "dub.mp4"
     out.parent.mkdir()
     with pytest.raises(OutputError, match="No space left on device") as error:
-        DubPipeline(tiny_generator)(still(tmp_path), media("speech_44k_stereo.wav"), out, progress=False)
+        DubPipeline(tiny_generator)(
+            still_photo(tmp_path), media("speech_44k_stereo.wav"), out, progress=False
+        )
     assert "Free some space" in error.value.fix
     assert list(out.parent.iterdir()) == []
 
@@ -84,7 +76,7 @@ def test_the_command_line_says_so_without_a_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     full_disk_after(5)
-    inputs = [str(still(tmp_path)), str(media("speech_44k_stereo.wav"))]
+    inputs = [str(still_photo(tmp_path)), str(media("speech_44k_stereo.wav"))]
     out = tmp_path / "out.mp4"
     assert main(["dub", *inputs, "-o", str(out), "--weights", str(tiny_weights), "-q"]) == 2
     err = capsys.readouterr().err
@@ -95,7 +87,7 @@ def test_the_command_line_says_so_without_a_traceback(
 def test_preparing_on_a_full_disk_fails_clearly_and_keeps_nothing(
     tiny_generator: Generator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    source = still(tmp_path)
+    source = still_photo(tmp_path)
     store = AvatarStore(tmp_path / "avatars")
 
     def no_space(*args: object) -> None:
@@ -131,13 +123,13 @@ def test_a_server_job_that_fills_the_disk_leaves_the_server_serving(
     real = os.posix_fallocate
     try:
         monkeypatch.setattr(os, "posix_fallocate", lambda *args: (_ for _ in ()).throw(NO_SPACE))
-        failed = engine.submit_prepare(PrepareRequest("full", still(tmp_path)))
+        failed = engine.submit_prepare(PrepareRequest("full", still_photo(tmp_path)))
         while engine.job(failed.id).status in ("queued", "running"):
             time.sleep(0.02)
         status = engine.job(failed.id)
         assert status.status == "failed" and status.error is not None and "cannot reserve" in status.error
         monkeypatch.setattr(os, "posix_fallocate", real)  # space was freed
-        done = engine.submit_prepare(PrepareRequest("fine", still(tmp_path)))
+        done = engine.submit_prepare(PrepareRequest("fine", still_photo(tmp_path)))
         while engine.job(done.id).status in ("queued", "running"):
             time.sleep(0.02)
         assert engine.job(done.id).status == "done" and engine.health().status == "ok"

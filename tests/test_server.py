@@ -35,7 +35,7 @@ from lipsync.server.protocol import (
 )
 from lipsync.server.run import check_bind, is_loopback
 
-from conftest import media
+from conftest import media, still_photo
 
 TOKEN = "s3cret-token"
 DEADLINE_S = 20.0
@@ -308,19 +308,6 @@ def test_ctrl_c_while_the_models_load_stops_quietly(
     assert code == 130 and "interrupted" in err, err
     assert "Traceback" not in err and "fix:" not in err, err
     assert restored is signal.default_int_handler  # put back for uvicorn and others
-
-
-def still_photo(folder: Path) -> Path:
-    """The first frame of talk_c.mp4 as a PNG: an avatar that prepares in a moment."""
-    import cv2
-
-    capture = cv2.VideoCapture(str(media("talk_c.mp4")))
-    ok, frame = capture.read()
-    capture.release()
-    assert ok
-    path = folder / "still.png"
-    cv2.imwrite(str(path), frame)
-    return path
 
 
 # --- app fixtures ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ FALLBACK_AUDIO_RATE = 48_000
 MP4_FLAGS = "+faststart+use_metadata_tags"
 NEW_FILE_MODE = 0o666  # narrowed by the umask, like any file the user creates
 TEMP_TOKEN_BYTES = 4
+PID_DIGITS = 10  # room kept for a process id (Linux allows up to 2^22)
 NAME_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs and APFS take
 
 OUTPUT_FIX = "Choose an output path in an existing folder you can write to."
@@ -256,18 +257,22 @@ def _create_temp_file(path: Path) -> Path:
         return temp
 
 
+def _partial_stem(path: Path) -> str:
+    """`.NAME.partial-`, NAME shortened so that any process id and token still fit in a file name."""
+    room = NAME_MAX_BYTES - len(".partial-") - PID_DIGITS - 1 - 2 * TEMP_TOKEN_BYTES - len(".mp4") - 1
+    return "." + path.name.encode()[:room].decode(errors="ignore") + ".partial-"
+
+
 def _partial_name(path: Path, pid: int, token: str) -> str:
     """`.NAME.partial-PID-TOKEN.mp4`: whose it is and for which output, recognisable by the next run."""
-    suffix = f".partial-{pid}-{token}.mp4"
-    room = NAME_MAX_BYTES - len(suffix) - 1
-    return "." + path.name.encode()[:room].decode(errors="ignore") + suffix
+    return f"{_partial_stem(path)}{pid}-{token}.mp4"
 
 
 def remove_dead_partials(path: Path) -> list[Path]:
     """Delete the unfinished files that runs which died (SIGKILL, a crash, a power cut) left for `path`;
     those of runs still alive are left alone. Returns what was removed."""
     removed = []
-    prefix = _partial_name(path, 0, "").split(".partial-")[0] + ".partial-"
+    prefix = _partial_stem(path)
     for leftover in path.parent.glob(f"{glob_escape(prefix)}*.mp4"):
         pid = leftover.name[len(prefix) :].split("-")[0]
         if pid.isdigit() and not process_alive(int(pid)):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,28 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 CI_ENV = "CI"  # set (to anything) by CI services: there a missing media file fails instead of skipping
+
+# The browser tests drive Debian's Chromium (Playwright's own browsers are not downloaded). Without it they
+# are skipped, unless LIPSYNC_REQUIRE_BROWSER=1 (set by .ci/run when it installed it): then a failure.
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE_BROWSER_ENV = "LIPSYNC_REQUIRE_BROWSER"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A synthetic microphone (a beep), granted without a prompt.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+MISSING_BROWSER = f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it"
+needs_browser = pytest.mark.skipif(
+    not CHROMIUM.exists() and os.environ.get(REQUIRE_BROWSER_ENV) != "1", reason=MISSING_BROWSER
+)
 
 
 def media(name: str) -> Path:
@@ -68,6 +91,34 @@ def tiny_avatars(tiny_generator: Generator, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp("avatars")
     prepare_avatar(tiny_generator, AvatarStore(root), "talk_c", media("talk_c.mp4"), show_bar=False)
     return root, "talk_c"
+
+
+@pytest.fixture(scope="session")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium for every browser test (a persistent context: downloads allowed)."""
+    required = f"{REQUIRE_BROWSER_ENV}=1 requires the browser tests to run"
+    if not CHROMIUM.exists():
+        pytest.fail(f"{MISSING_BROWSER}, and {required}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+            pytest.fail(f"the playwright package is missing (pip install -e '.[dev]'), and {required}")
+        pytest.skip("the playwright package is missing (pip install -e '.[dev]')")
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1000, "height": 800},
+            accept_downloads=True,
+        )
+        try:
+            yield context
+        finally:
+            context.close()
 
 
 def write_clip(source: Path, out: Path, frames: int) -> Path:

@@ -7,7 +7,6 @@ skipped, unless LIPSYNC_REQUIRE_BROWSER=1, which makes a missing browser a failu
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,23 +19,8 @@ import pytest
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings
 from lipsync.io.audio import load_audio
 
-from conftest import REPO, media
+from conftest import REPO, media, needs_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE_BROWSER_ENV = "LIPSYNC_REQUIRE_BROWSER"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # A synthetic microphone (a beep), granted without a prompt.
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 SPEECH = "speech_44k_stereo.wav"
 SCREENSHOT_COPY = REPO / "out" / "browser-screenshot.png"
 IDLE_FRAMES_BEFORE_SPEECH = 3
@@ -45,10 +29,7 @@ MIC_SECONDS = 1.0
 WAIT_MS = 90_000  # generous: a loaded 2-core machine renders the tiny model at ~10 fps
 BLANK_SPREAD = 16  # a canvas whose channel values span less than this counts as blank
 
-MISSING_BROWSER = f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it"
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and os.environ.get(REQUIRE_BROWSER_ENV) != "1", reason=MISSING_BROWSER
-)
+pytestmark = needs_browser
 
 
 @dataclass(frozen=True)
@@ -80,32 +61,6 @@ def token_server_url(tiny_weights: Path, tiny_avatars: tuple[Path, str]) -> Iter
     )
     with local_server(options, max_sessions=1) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    required = f"{REQUIRE_BROWSER_ENV}=1 requires the browser tests to run"
-    if not CHROMIUM.exists():
-        pytest.fail(f"{MISSING_BROWSER}, and {required}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
-            pytest.fail(f"the playwright package is missing (pip install -e '.[dev]'), and {required}")
-        pytest.skip("the playwright package is missing (pip install -e '.[dev]')")
-
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1000, "height": 800},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 @pytest.fixture

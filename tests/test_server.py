@@ -493,7 +493,15 @@ def test_prepare_job_reaches_done(fresh_server: Callable[..., Server], tmp_path:
 
     wait_until(finished, "the prepare job finished")
     status = client.get(f"/api/jobs/{job_id}").json()
-    assert status == {"id": job_id, "name": "photo", "status": "done", "progress": 1.0, "error": None}
+    assert status == {
+        "id": job_id,
+        "name": "photo",
+        "status": "done",
+        "progress": 1.0,
+        "error": None,
+        "kind": "prepare",
+        "result": None,
+    }
     assert seen == sorted(seen) and all(0.0 <= p <= 1.0 for p in seen)  # progress only goes up
     (avatar,) = client.get("/api/avatars").json()["avatars"]
     assert (avatar["name"], avatar["frames"], avatar["fps"]) == ("photo", 1, 25.0)

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -46,7 +46,13 @@ from lipsync.pipeline.avatar_store import (
     write_manifest,
 )
 from lipsync.pipeline.dub import find_faces
-from lipsync.pipeline.render import face_batch, generator_times, reference_arrays
+from lipsync.pipeline.render import (
+    FACE_PASS_SHARE,
+    ProgressCallback,
+    face_batch,
+    generator_times,
+    reference_arrays,
+)
 
 __all__ = [
     "Avatar",
@@ -57,9 +63,6 @@ __all__ = [
     "load_fresh_avatar",
     "prepare_avatar",
 ]
-
-ProgressCallback = Callable[[float], None]
-FACE_PASS_SHARE = 0.5  # progress share of the face pass; the storing pass takes the rest
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from lipsync.io.writer import VideoWriter, check_output_path, output_file
 from lipsync.models.families import load_generator
 from lipsync.models.generator import Generator
 from lipsync.pipeline.render import (
+    FACE_PASS_SHARE,
+    ProgressCallback,
     face_batch,
     generator_times,
     reference_arrays,
@@ -149,8 +151,12 @@ class DubPipeline:
         *,
         progress: bool = True,
         max_frames: int | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> DubSummary:
-        """Dub `source` (video or photo) with the speech in `audio`; write `output` (.mp4) and summarise."""
+        """Dub `source` (video or photo) with the speech in `audio`; write `output` (.mp4) and summarise.
+
+        `on_progress(fraction)` is called as the work goes on (a server's job reports it), besides the bar.
+        """
         started = time.perf_counter()
         source, audio_path, output = Path(source), Path(audio), output_file(output)
         times = generator_times(self.generator)
@@ -161,9 +167,11 @@ class DubPipeline:
         with VideoWriter(
             output, info.fps, info.width, info.height, audio_path=audio_path, metadata=plan.untrained_metadata
         ) as writer:
-            for frame in self._render(source, plan, times, progress, counts):
+            for index, frame in enumerate(self._render(source, plan, times, progress, counts, on_progress)):
                 with times.measure(Stage.ENCODE):
                     writer.write(frame)
+                if on_progress is not None:
+                    on_progress(FACE_PASS_SHARE + (1 - FACE_PASS_SHARE) * (index + 1) / plan.total)
 
         return DubSummary(
             output=output,
@@ -206,14 +214,32 @@ class DubPipeline:
         return _Plan(info, audio, total, metadata)
 
     def _render(
-        self, source: Path, plan: _Plan, times: StageTimes, progress: bool, counts: _Counts
+        self,
+        source: Path,
+        plan: _Plan,
+        times: StageTimes,
+        progress: bool,
+        counts: _Counts,
+        on_progress: ProgressCallback | None = None,
     ) -> Iterator[np.ndarray]:
         """Output frames in order: a face pass over the source, then generation in batches."""
         info, total = plan.info, plan.total
         with FrameReader(info) as reader:
             count = min(info.frame_count, total)
+
+            def face_progress(done: int) -> None:
+                if on_progress is not None:
+                    on_progress(FACE_PASS_SHARE * done / count)
+
             track = find_faces(
-                reader, info, count, self.settings.face, times, progress, box_rule=self.generator.crop_box
+                reader,
+                info,
+                count,
+                self.settings.face,
+                times,
+                progress,
+                on_frame=face_progress,
+                box_rule=self.generator.crop_box,
             ).head(reader.info.frame_count)  # shorter when the video's tail cannot be decoded
             if track.faces_found == 0:
                 raise NoFaceError(

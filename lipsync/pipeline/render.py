@@ -23,6 +23,9 @@ from lipsync.face.track import FaceTrack
 from lipsync.models.generator import AudioConditioning, FaceBatch, GenerationRequest, Generator
 from lipsync.timing import Stage, StageTimes, pipeline_times
 
+ProgressCallback = Callable[[float], None]  # the fraction done, 0.0 .. 1.0
+FACE_PASS_SHARE = 0.5  # progress share of the face pass; generating (or storing) takes the rest
+
 T = TypeVar("T")
 
 

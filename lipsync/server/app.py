@@ -8,6 +8,7 @@ always closed, whichever way the socket ends.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
@@ -25,13 +26,15 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.websockets import WebSocketDisconnect
 
-from lipsync.config import AUDIO_SAMPLE_RATE, ServerSettings
+from lipsync.config import AUDIO_SAMPLE_RATE, ServerSettings, SilenceMode
 from lipsync.errors import LipsyncError
 from lipsync.pipeline.avatar import AvatarInfo
 from lipsync.pipeline.avatar_store import check_name
 from lipsync.pipeline.stream import StreamFrame, StreamSession
 from lipsync.server.engine import (
+    DubRequest,
     JobConflict,
+    MediaInput,
     PrepareRequest,
     ServerEngine,
     TooManyJobs,
@@ -49,13 +52,15 @@ from lipsync.server.protocol import (
     parse_control,
     pcm_to_float,
 )
-from lipsync.server.uploads import UploadTooBig, media_source, remove
+from lipsync.server.uploads import UploadTooBig, media_files, media_source, remove
 
 log = logging.getLogger(__name__)
 SessionLoop = Callable[[WebSocket, StreamSession, ServerSettings], Awaitable[ErrorMessage | None]]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INDEX_PAGE = STATIC_DIR / "index.html"
+DUB_PAGE = STATIC_DIR / "dub.html"
+PREVIEW_JPEG_QUALITY = 90
 BEARER_SCHEME = "bearer"  # compared case-insensitively (RFC 7235: auth schemes are case-insensitive)
 TOKEN_QUERY = "token"
 
@@ -76,6 +81,14 @@ ERROR_STATUS: dict[type[LipsyncError], int] = {
     TooManyJobs: 429,
 }
 DEFAULT_ERROR_STATUS = 400
+REQUEST_EXAMPLES = {  # shown when a request body cannot be read
+    "/api/avatars": '{"name": "anna", "source": "clips/anna.mp4", "bbox_shift": 0} '
+    '(or {"name": "anna", "upload": "<id>"})',
+    "/api/preview": '{"source": "clips/anna.mp4", "bbox_shift": 0, "extra_margin": 10, "face_index": 0} '
+    '(or {"upload": "<id>", ...})',
+    "/api/dubs": '{"video": "clips/anna.mp4", "audio": "speech/hello.wav", "bbox_shift": 0, '
+    '"silence": "keep"} (or "video_upload" / "audio_upload": "<id>")',
+}
 
 
 class PrepareBody(BaseModel):
@@ -88,6 +101,44 @@ class PrepareBody(BaseModel):
     upload: str | None = None  # or the id POST /api/uploads answered with (exactly one of the two)
     bbox_shift: int = 0
     force: bool = False  # prepare again even when a prepared avatar of this source exists
+
+
+class FaceOptions(BaseModel):
+    """The face options a preview or a dub may set; unset ones keep the server's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox_shift: int | None = None
+    extra_margin: int | None = None
+    face_index: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options given, by DubSettings name."""
+        given = {name: getattr(self, name) for name in FaceOptions.model_fields}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+class PreviewBody(FaceOptions):
+    """Body of POST /api/preview: a video or photo, by media path or upload id (exactly one)."""
+
+    source: str | None = None
+    upload: str | None = None
+
+
+class DubBody(FaceOptions):
+    """Body of POST /api/dubs: the video (or photo) and the speech, each by media path or upload id."""
+
+    video: str | None = None
+    video_upload: str | None = None
+    audio: str | None = None
+    audio_upload: str | None = None
+    silence: SilenceMode | None = None
+
+    def options(self) -> dict[str, Any]:
+        options = super().options()
+        if self.silence is not None:
+            options["silence"] = self.silence
+        return options
 
 
 @dataclass(frozen=True)
@@ -162,12 +213,8 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
         )
-        return _error_response(
-            DEFAULT_ERROR_STATUS,
-            f"bad request: {problems}",
-            'send JSON like {"name": "anna", "source": "clips/anna.mp4", "bbox_shift": 0} '
-            '(or {"name": "anna", "upload": "<id>"})',
-        )
+        example = REQUEST_EXAMPLES.get(request.url.path.rstrip("/"), REQUEST_EXAMPLES["/api/avatars"])
+        return _error_response(DEFAULT_ERROR_STATUS, f"bad request: {problems}", f"send JSON like {example}")
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
@@ -223,7 +270,7 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
                     if size > room:
                         raise full
                     file.write(chunk)
-            engine.uploads.finish(upload_id, partial)
+            engine.uploads.finish(upload_id, partial, name)
         finally:
             remove(partial)  # gone already when finished
         return {"upload": upload_id}
@@ -232,6 +279,67 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
     async def job(job_id: str) -> dict[str, Any]:
         return _as_json(engine.job(job_id))
 
+    @api.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str) -> Response:
+        output = engine.job_result(job_id)
+        return FileResponse(output, media_type="video/mp4", filename=output.name)
+
+    async def media_input(path: str | None, upload: str | None, role: str) -> MediaInput:
+        if (path is None) == (upload is None):
+            raise ApiError(
+                400,
+                f"the {role} needs exactly one of '{role}' (a path in the media folder) and "
+                f"'{role}_upload' (an upload id)",
+                f'send {{"{role}": "PATH/IN/MEDIA/FOLDER"}} or {{"{role}_upload": "<id from POST '
+                '/api/uploads>"}',
+            )
+        if path is not None:
+            return MediaInput(path=await anyio.to_thread.run_sync(media_source, settings.media_dir, path))
+        return MediaInput(upload=upload)
+
+    @api.get("/dub-defaults")
+    async def dub_defaults() -> dict[str, Any]:
+        face = engine.face
+        return {
+            "bbox_shift": face.bbox_shift,
+            "extra_margin": face.extra_margin,
+            "face_index": face.face_index,
+            "max_faces": face.max_faces,
+            "silence": engine.dub_settings({}).silence,
+            "silence_modes": list(get_args(SilenceMode)),
+            "max_upload_bytes": settings.max_upload_bytes,
+            "media_folder": settings.media_dir is not None,
+            "untrained": engine.generator.untrained,
+        }
+
+    @api.get("/media")
+    async def media() -> dict[str, Any]:
+        files = await anyio.to_thread.run_sync(media_files, settings.media_dir)
+        return {"files": files}
+
+    @api.post("/preview")
+    async def preview(body: PreviewBody) -> dict[str, Any]:
+        source = await media_input(body.source, body.upload, "source")
+        found = await anyio.to_thread.run_sync(engine.preview, source, body.options())
+        jpeg = await anyio.to_thread.run_sync(encode_jpeg, found.image, PREVIEW_JPEG_QUALITY)
+        box = found.box
+        return {
+            "image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"),
+            "width": int(found.image.shape[1]),
+            "height": int(found.image.shape[0]),
+            "faces": found.faces,
+            "box": [box.x1, box.y1, box.x2, box.y2],
+            "frames": found.frame_count,
+            "fps": float(found.fps),
+        }
+
+    @api.post("/dubs", status_code=202)
+    async def dub(body: DubBody) -> dict[str, Any]:
+        video = await media_input(body.video, body.video_upload, "video")
+        audio = await media_input(body.audio, body.audio_upload, "audio")
+        job = engine.submit_dub(DubRequest(video, audio, body.options()))
+        return {"job": job.id}
+
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)
@@ -239,6 +347,12 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         if not INDEX_PAGE.is_file():
             return _error_response(404, "the browser page is not installed", "reinstall lipsync")
         return FileResponse(INDEX_PAGE)
+
+    @app.get("/dub", include_in_schema=False)
+    async def dub_page() -> Response:
+        if not DUB_PAGE.is_file():
+            return _error_response(404, "the dubbing page is not installed", "reinstall lipsync")
+        return FileResponse(DUB_PAGE)
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

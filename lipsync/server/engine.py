@@ -6,6 +6,8 @@ Thread-safe: the event loop, the worker threads of the stream sessions and the o
 from __future__ import annotations
 
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -13,8 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePath
+from typing import Any, Literal
 
 from lipsync.config import DubSettings, FaceSettings, RuntimeSettings, ServerSettings, StreamSettings
 from lipsync.errors import LipsyncError
@@ -23,12 +25,19 @@ from lipsync.models.families import load_generator
 from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_avatar
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
+from lipsync.pipeline.dub import DubPipeline
+from lipsync.pipeline.preview import FacePreview, preview_first_frame
 from lipsync.pipeline.stream import StreamSession
 from lipsync.server.protocol import encode_jpeg
 from lipsync.server.uploads import UploadStore, remove
 
 JobState = Literal["queued", "running", "done", "failed"]
-PREPARE_THREAD_NAME = "lipsync-prepare"
+JobKind = Literal["prepare", "dub"]
+PREPARE_THREAD_NAME = "lipsync-prepare"  # the one worker thread that runs every job, in order
+RESULTS_DIR_PREFIX = "lipsync-results-"
+DUB_OUTPUT_SUFFIX = "-lipsync.mp4"
+# What a dub job may change per request; the model, device and dtype are the server's.
+DUB_OPTIONS = frozenset({"bbox_shift", "extra_margin", "face_index", "silence"})
 
 
 class TooManySessions(LipsyncError):
@@ -36,15 +45,15 @@ class TooManySessions(LipsyncError):
 
 
 class UnknownJob(LipsyncError):
-    """No prepare job has this id."""
+    """No job has this id."""
 
 
 class JobConflict(LipsyncError):
-    """A prepare job for this avatar is already queued or running."""
+    """A prepare job for this avatar is already queued or running, or a result was asked for too early."""
 
 
 class TooManyJobs(LipsyncError):
-    """`max_jobs` prepare jobs are already queued or running."""
+    """`max_jobs` jobs are already queued or running."""
 
 
 @dataclass(frozen=True)
@@ -69,28 +78,53 @@ class PrepareRequest:
 
 
 @dataclass(frozen=True)
+class MediaInput:
+    """A file a job reads: a path the caller has checked, or the id of an upload (which the job takes)."""
+
+    path: Path | None = None
+    upload: str | None = None
+
+
+@dataclass(frozen=True)
+class DubRequest:
+    """Dub `video` with the speech in `audio`; `options` are DubSettings options by name (DUB_OPTIONS)."""
+
+    video: MediaInput
+    audio: MediaInput
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JobStatus:
-    """A snapshot of a prepare job."""
+    """A snapshot of a job."""
 
     id: str
     name: str
     status: JobState
     progress: float  # 0.0 .. 1.0
     error: str | None
+    kind: JobKind = "prepare"
+    result: str | None = None  # a dub job's output file name, once done
 
 
 @dataclass
 class _Job:
     id: str
-    request: PrepareRequest
-    source: Path
+    kind: JobKind
+    name: str
+    inputs: dict[str, Path]  # role -> file the job reads
+    uploads: tuple[Path, ...]  # the uploaded files among `inputs`, removed when the job ends
+    prepare: PrepareRequest | None = None
+    dub: DubSettings | None = None
+    output: Path | None = None  # a dub job's output (its folder is the job's own)
     status: JobState = "queued"
     progress: float = 0.0
     error: str | None = None
     finished: float | None = None  # time.monotonic() when it ended (done or failed)
 
     def snapshot(self) -> JobStatus:
-        return JobStatus(self.id, self.request.name, self.status, self.progress, self.error)
+        result = self.output.name if self.output is not None and self.status == "done" else None
+        return JobStatus(self.id, self.name, self.status, self.progress, self.error, self.kind, result)
 
 
 class SessionSlot:
@@ -128,12 +162,14 @@ class ServerEngine:
         self.runtime = runtime or RuntimeSettings()
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._preview_lock = threading.Lock()
         self._avatars: dict[str, tuple[int | None, Avatar]] = {}  # name -> (manifest mtime, avatar)
         self._sessions = 0
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._results: Path | None = None  # dub outputs, one folder per job
         self.uploads = UploadStore(settings.upload_ttl_seconds)
 
     @classmethod
@@ -233,40 +269,102 @@ class ServerEngine:
         encode = partial(encode_jpeg, quality=settings.jpeg_quality)
         return StreamSession(self.generator, avatar, self.stream_settings(settings), encode_image=encode)
 
-    # --- prepare jobs ---------------------------------------------------------------------------
+    # --- first-frame preview --------------------------------------------------------------------
+
+    def preview(self, media: MediaInput, options: dict[str, Any]) -> FacePreview:
+        """The first-frame preview of a media path or an (unused, kept) upload; blocking, one at a time."""
+        settings = self.dub_settings(options)
+        source = media.path if media.upload is None else self.uploads.peek(media.upload)
+        if source is None:
+            raise LipsyncError("a preview needs a media path or an upload", "give exactly one")
+        with self._preview_lock:
+            return preview_first_frame(self.generator, source, settings.face, settings.image_fps)
+
+    # --- jobs: prepare an avatar, dub a video ----------------------------------------------------
 
     def prepare_settings(self, bbox_shift: int) -> DubSettings:
         return DubSettings(face=replace(self.face, bbox_shift=bbox_shift), runtime=self.runtime)
 
+    def dub_settings(self, options: dict[str, Any]) -> DubSettings:
+        """The server's settings with a dub request's options applied; a bad option raises LipsyncError."""
+        unknown = sorted(set(options) - DUB_OPTIONS)
+        if unknown:
+            raise LipsyncError(
+                f"unknown dub option(s): {', '.join(unknown)}",
+                f"send only {', '.join(sorted(DUB_OPTIONS))} (the model and device are the server's)",
+            )
+        return DubSettings(face=self.face, runtime=self.runtime).with_options(**options)
+
     def submit_prepare(self, request: PrepareRequest) -> JobStatus:
-        """Queue a prepare job; one worker thread runs the jobs one after another.
+        """Queue a prepare job (one worker thread runs all jobs, one after another).
 
         At most `max_jobs` jobs may be queued or running; an upload is taken by the job (and given back
         if the job is refused).
         """
         if (request.source is None) == (request.upload is None):
             raise LipsyncError("a prepare job needs a source or an upload, not both", "give exactly one")
+        media = {"source": MediaInput(request.source, request.upload)}
+
+        def conflict(active: list[_Job]) -> None:
+            for job in active:
+                if job.kind == "prepare" and job.name == request.name:
+                    raise JobConflict(
+                        f"avatar {request.name!r} is already being prepared (job {job.id})",
+                        f"wait until GET /api/jobs/{job.id} says done or failed, then retry",
+                    )
+
+        return self._submit("prepare", request.name, media, conflict, prepare=request)
+
+    def submit_dub(self, request: DubRequest) -> JobStatus:
+        """Queue a dub job: its output goes to a folder of its own, removed when the job is forgotten."""
+        settings = self.dub_settings(request.options)
+        media = {"video": request.video, "audio": request.audio}
+        for role, given in media.items():
+            if (given.path is None) == (given.upload is None):
+                raise LipsyncError(
+                    f"a dub job needs its {role} as a media path or an upload, not both",
+                    f"give exactly one of '{role}' and '{role}_upload'",
+                )
+        return self._submit("dub", "", media, lambda active: None, dub=settings)
+
+    def _submit(
+        self,
+        kind: JobKind,
+        name: str,
+        media: dict[str, MediaInput],
+        conflict: Callable[[list[_Job]], None],
+        **request: Any,
+    ) -> JobStatus:
         self.uploads.prune()
         with self._lock:
             if self._closed:
                 raise LipsyncError("the server is shutting down", "start it again, then retry")
             self._forget_finished_jobs()
             active = [job for job in self._jobs.values() if job.status in ("queued", "running")]
-            for job in active:
-                if job.request.name == request.name:
-                    raise JobConflict(
-                        f"avatar {request.name!r} is already being prepared (job {job.id})",
-                        f"wait until GET /api/jobs/{job.id} says done or failed, then retry",
-                    )
+            conflict(active)
             limit = self.settings.max_jobs
             if len(active) >= limit:
                 raise TooManyJobs(
-                    f"the server already has its limit of {limit} prepare jobs queued or running",
+                    f"the server already has its limit of {limit} jobs queued or running",
                     "wait until some of them are done or failed, then retry",
                 )
-            source = request.source if request.upload is None else self.uploads.claim(request.upload)
-            assert source is not None
-            job = _Job(uuid.uuid4().hex, request, source)
+            names = {  # every upload exists before any is taken
+                role: given.path.name if given.upload is None else self.uploads.name(given.upload)
+                for role, given in media.items()
+                if given.path is not None or given.upload is not None
+            }
+            inputs = {
+                role: given.path if given.upload is None else self.uploads.claim(given.upload)
+                for role, given in media.items()
+            }
+            uploads = tuple(inputs[role] for role, given in media.items() if given.upload is not None)
+            job = _Job(
+                uuid.uuid4().hex, kind, name, {k: v for k, v in inputs.items() if v}, uploads, **request
+            )
+            if kind == "dub":
+                stem = PurePath(names["video"]).stem or "dub"
+                job.name = names["video"]
+                job.output = self._results_folder() / job.id / f"{stem}{DUB_OUTPUT_SUFFIX}"
             self._jobs[job.id] = job
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name=PREPARE_THREAD_NAME, daemon=True)
@@ -274,30 +372,58 @@ class ServerEngine:
             self._queue.put(job)
             return job.snapshot()
 
+    def _results_folder(self) -> Path:
+        """The private (0700) folder of dub outputs, made on first use; call with `_lock` held."""
+        if self._results is None:
+            self._results = Path(tempfile.mkdtemp(prefix=RESULTS_DIR_PREFIX))
+        return self._results
+
     def job(self, job_id: str) -> JobStatus:
         self.uploads.prune()
         with self._lock:
             self._forget_finished_jobs()
             job = self._jobs.get(job_id)
             if job is None:
-                raise UnknownJob(f"no job {job_id!r}", "use the id that POST /api/avatars answered with")
+                raise UnknownJob(
+                    f"no job {job_id!r}",
+                    "use the id that POST /api/avatars or /api/dubs answered with (finished jobs are "
+                    f"forgotten after {self.settings.job_ttl_seconds:g} s)",
+                )
             return job.snapshot()
 
+    def job_result(self, job_id: str) -> Path:
+        """The output file of a finished dub job."""
+        status = self.job(job_id)
+        with self._lock:
+            job = self._jobs.get(job_id)
+            output = job.output if job is not None else None
+        if status.kind != "dub" or output is None:
+            raise UnknownJob(f"job {job_id!r} is not a dub job", "only dub jobs have a result to download")
+        if status.status != "done":
+            raise JobConflict(
+                f"job {job_id!r} is {status.status}, not done",
+                "wait until GET /api/jobs/ID says done"
+                + (f" (it failed: {status.error})" if status.status == "failed" else ""),
+            )
+        return output
+
     def _forget_finished_jobs(self) -> None:
-        """Drop jobs that ended over `job_ttl_seconds` ago; call with `_lock` held."""
+        """Drop jobs that ended over `job_ttl_seconds` ago, with their outputs; call with `_lock` held."""
         cutoff = time.monotonic() - self.settings.job_ttl_seconds
         old = [key for key, job in self._jobs.items() if job.finished is not None and job.finished <= cutoff]
         for key in old:
-            del self._jobs[key]
+            _remove_output(self._jobs.pop(key))
 
     def _end(self, job: _Job, status: JobState, error: str | None = None) -> None:
-        """Mark a job done or failed, and remove its upload."""
+        """Mark a job done or failed, and remove its uploads (and a failed job's output folder)."""
         with self._lock:
             job.status, job.error, job.finished = status, error, time.monotonic()
             if status == "done":
                 job.progress = 1.0
-        if job.request.upload is not None:
-            remove(job.source)
+        for path in job.uploads:
+            remove(path)
+        if status == "failed":
+            _remove_output(job)
 
     def _update(self, job: _Job, **changes: object) -> None:
         with self._lock:
@@ -313,30 +439,43 @@ class ServerEngine:
                 self._run_job(job)
 
     def _run_job(self, job: _Job) -> None:
-        request = job.request
         self._update(job, status="running")
 
         def on_progress(fraction: float) -> None:
             self._update(job, progress=min(max(float(fraction), 0.0), 1.0))
 
         try:
-            prepare_avatar(
-                self.generator,
-                self.store,
-                request.name,
-                job.source,
-                self.prepare_settings(request.bbox_shift),
-                force=request.force,
-                on_progress=on_progress,
-                show_bar=False,
-            )
+            if job.prepare is not None:
+                self._prepare(job, job.prepare, on_progress)
+            else:
+                self._dub(job, on_progress)
         except LipsyncError as error:
             self._end(job, "failed", str(error))
         except Exception as error:  # a bug must not kill the worker: report it on the job
             self._end(job, "failed", f"internal error: {type(error).__name__}: {error}")
         else:
-            self.forget_avatar(request.name)
             self._end(job, "done")
+
+    def _prepare(self, job: _Job, request: PrepareRequest, on_progress: Callable[[float], None]) -> None:
+        prepare_avatar(
+            self.generator,
+            self.store,
+            request.name,
+            job.inputs["source"],
+            self.prepare_settings(request.bbox_shift),
+            force=request.force,
+            on_progress=on_progress,
+            show_bar=False,
+        )
+        self.forget_avatar(request.name)
+
+    def _dub(self, job: _Job, on_progress: Callable[[float], None]) -> None:
+        assert job.output is not None and job.dub is not None
+        job.output.parent.mkdir(mode=0o700)
+        pipeline = DubPipeline(self.generator, job.dub)
+        pipeline(
+            job.inputs["video"], job.inputs["audio"], job.output, progress=False, on_progress=on_progress
+        )
 
     def close(self, wait: bool = False) -> None:
         """Stop taking jobs; queued ones fail. With `wait`, also wait for the running one."""
@@ -348,12 +487,21 @@ class ServerEngine:
                 job.status, job.error = "failed", "the server shut down before the job started"
                 job.finished = time.monotonic()
         for job in queued:
-            if job.request.upload is not None:
-                remove(job.source)
+            for path in job.uploads:
+                remove(path)
         if worker is not None:
             self._queue.put(None)
             if wait:
                 worker.join()
         self.uploads.close()
+        with self._lock:
+            results, self._results = self._results, None
+        if results is not None and (wait or worker is None or not worker.is_alive()):
+            shutil.rmtree(results, ignore_errors=True)
         with self._load_lock:
             self._avatars.clear()
+
+
+def _remove_output(job: _Job) -> None:
+    if job.output is not None:
+        shutil.rmtree(job.output.parent, ignore_errors=True)

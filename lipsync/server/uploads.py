@@ -19,9 +19,11 @@ from pathlib import Path, PurePath
 
 from lipsync.errors import LipsyncError
 
-UPLOAD_SUFFIXES = frozenset(
+VIDEO_SUFFIXES = frozenset(
     {".mp4", ".mov", ".mkv", ".webm", ".avi", ".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 )
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
+UPLOAD_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES  # a speech track may also come in a video's sound
 UPLOAD_DIR_PREFIX = "lipsync-uploads-"
 PARTIAL_SUFFIX = ".part"
 
@@ -80,7 +82,7 @@ def upload_suffix(name: str | None) -> str:
     suffix = PurePath(name or "").suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise UploadRefused(
-            f"upload name {name!r} does not end in a video or photo suffix lipsync reads",
+            f"upload name {name!r} does not end in a video, photo or audio suffix lipsync reads",
             f"send ?name=ORIGINAL_FILE_NAME ending in one of {', '.join(sorted(UPLOAD_SUFFIXES))}",
         )
     return suffix
@@ -90,6 +92,7 @@ def upload_suffix(name: str | None) -> str:
 class _Upload:
     path: Path
     stored: float  # time.monotonic() when it was complete
+    name: str  # the file name the client gave (its stem names a dub's output)
 
 
 class UploadStore:
@@ -117,15 +120,31 @@ class UploadStore:
         upload_id = uuid.uuid4().hex
         return upload_id, self.folder / f"{upload_id}{suffix}{PARTIAL_SUFFIX}"
 
-    def finish(self, upload_id: str, partial: Path) -> None:
-        """The bytes of `partial` are complete: the upload may now be claimed."""
+    def finish(self, upload_id: str, partial: Path, name: str | None = None) -> None:
+        """The bytes of `partial` are complete: the upload may now be claimed. `name` is the client's."""
         path = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
         os.replace(partial, path)
         with self._lock:
             if self._closed:
                 remove(path)
                 raise LipsyncError("the server is shutting down", "start it again, then retry")
-            self._uploads[upload_id] = _Upload(path, time.monotonic())
+            self._uploads[upload_id] = _Upload(path, time.monotonic(), PurePath(name or path.name).name)
+
+    def peek(self, upload_id: str) -> Path:
+        """The file of an unused upload, left in place (a preview reads it; a job claims it later)."""
+        return self._unused(upload_id).path
+
+    def name(self, upload_id: str) -> str:
+        """The file name the client gave an unused upload."""
+        return self._unused(upload_id).name
+
+    def _unused(self, upload_id: str) -> _Upload:
+        self.prune()
+        with self._lock:
+            upload = self._uploads.get(upload_id)
+        if upload is None:
+            raise self._unknown(upload_id)
+        return upload
 
     def claim(self, upload_id: str) -> Path:
         """The file of an unused upload, now owned by the caller (who removes it)."""
@@ -133,12 +152,15 @@ class UploadStore:
         with self._lock:
             upload = self._uploads.pop(upload_id, None)
         if upload is None:
-            raise UnknownUpload(
-                f"no unused upload {upload_id!r}",
-                "upload the file again with POST /api/uploads (an upload is used by one job only, and "
-                f"removed when unused for {self.ttl_seconds:g} s)",
-            )
+            raise self._unknown(upload_id)
         return upload.path
+
+    def _unknown(self, upload_id: str) -> UnknownUpload:
+        return UnknownUpload(
+            f"no unused upload {upload_id!r}",
+            "upload the file again with POST /api/uploads (an upload is used by one job only, and "
+            f"removed when unused for {self.ttl_seconds:g} s)",
+        )
 
     def prune(self) -> None:
         cutoff = time.monotonic() - self.ttl_seconds
@@ -165,3 +187,28 @@ class UploadStore:
 
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+MAX_MEDIA_LISTED = 1000
+
+
+def media_files(media_dir: Path | None, limit: int = MAX_MEDIA_LISTED) -> list[str]:
+    """The videos, photos and audio files a client may name in the media folder, as relative POSIX paths
+    (sorted; hidden files and folders left out; at most `limit`)."""
+    if media_dir is None or not media_dir.is_dir():
+        return []
+    found: list[str] = []
+    for folder, subfolders, names in os.walk(media_dir):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(names):
+            if name.startswith(".") or PurePath(name).suffix.lower() not in UPLOAD_SUFFIXES:
+                continue
+            relative = (Path(folder) / name).relative_to(media_dir).as_posix()
+            try:
+                media_source(media_dir, relative)
+            except SourceRefused:  # a symlink out of the folder, say
+                continue
+            found.append(relative)
+            if len(found) >= limit:
+                return sorted(found)
+    return sorted(found)

@@ -32,6 +32,7 @@ const els = {
 };
 const canvasContext = els.canvas.getContext("2d");
 const token = new URLSearchParams(window.location.search).get("token");
+if (token) document.getElementById("dub-link").href = `dub?token=${encodeURIComponent(token)}`;
 const textDecoder = new TextDecoder();
 
 // Counters for people and for tests (tests/test_browser.py reads them).

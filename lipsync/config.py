@@ -244,3 +244,11 @@ class LoadBenchSettings:
     @property
     def chunk_samples(self) -> int:
         return max(1, round(self.chunk_ms * AUDIO_SAMPLE_RATE / 1000))
+
+
+# --- Downloads (`lipsync weights download`) ---------------------------------------------------------
+# The model files come from the Hugging Face Hub through huggingface_hub, which reads HF_ENDPOINT (a mirror),
+# HF_HOME / HF_HUB_CACHE (its cache) and HF_HUB_OFFLINE itself.
+EVAL_MIRROR_ENV = "LIPSYNC_EVAL_MIRROR"  # a base URL serving the metric weight files as MIRROR/NAME
+EVAL_DOWNLOAD_ATTEMPTS = 5  # requests per metric file in one run before it stops (a rerun continues)
+EVAL_DOWNLOAD_TIMEOUT_S = 60.0  # seconds without an answer before a request counts as cut

@@ -19,7 +19,7 @@ from lipsync.cli.options import (
     settings_from_args,
     with_flags,
 )
-from lipsync.config import default_weights_dir
+from lipsync.config import DEFAULT_EVAL_WEIGHTS, EVAL_MIRROR_ENV, default_weights_dir
 from lipsync.errors import LipsyncError
 from lipsync.models.families import DEFAULT_FAMILY, FAMILY_NAMES
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_fps_option(dub)
     dub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    weights = commands.add_parser("weights", help="check or scaffold a weights folder")
+    weights = commands.add_parser("weights", help="download, check or scaffold a weights folder")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     check = weights_commands.add_parser("check", help="which expected files are present, missing, malformed")
     check.add_argument("dir", type=Path, nargs="?", default=default_weights_dir())
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaffold_eval.add_argument(  # unset: scaffold_eval_weights' own default depth
         "--arcface", choices=["r18", "r34", "r50", "r100"], help="iresnet depth (default: the smallest)"
     )
+    _add_download_parser(weights_commands)
 
     bench = commands.add_parser("bench", help="milliseconds per frame for every stage, and frames per second")
     bench.add_argument("source", type=Path, help="video or photo to dub")
@@ -98,9 +99,89 @@ def run_dub(args: argparse.Namespace) -> int:
     return 0
 
 
+DOWNLOAD_EPILOG = f"""\
+what it fetches (MuseTalk): the UNet of the version (TMElyralab/MuseTalk), the VAE
+(stabilityai/sd-vae-ft-mse) and whisper-tiny (openai/whisper-tiny), into DIR's layout.
+Each file goes through the Hugging Face cache and is hard-linked (else symlinked, else copied)
+into DIR; files already there or in the cache are not transferred again; an interrupted
+download continues when the command is run again; every file is checked against the SHA-256
+(or git hash) the server declares for it. At the end `lipsync weights check` runs.
+
+environment:
+  HF_ENDPOINT       a Hugging Face Hub mirror to download from (default https://huggingface.co)
+  HF_HOME           where the Hugging Face cache lives (HF_HUB_CACHE for the hub part alone)
+  HF_HUB_OFFLINE=1  use only what is in DIR or the cache; a missing file is an error naming it
+  {EVAL_MIRROR_ENV}  a base URL serving the --eval files as URL/NAME, instead of their own sites
+"""
+
+
+def _add_download_parser(weights_commands: argparse._SubParsersAction) -> None:
+    download = weights_commands.add_parser(
+        "download",
+        help="fetch the released weights from the Hugging Face Hub into the expected layout",
+        description="Fetch a model family's released weights from the Hugging Face Hub into DIR.",
+        epilog=DOWNLOAD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    download.add_argument(
+        "dir",
+        type=Path,
+        nargs="?",
+        default=default_weights_dir(),
+        metavar="DIR",
+        help="weights folder (default $LIPSYNC_WEIGHTS, else ./models)",
+    )
+    download.add_argument(
+        "--model",
+        choices=FAMILY_NAMES,
+        default=DEFAULT_FAMILY,
+        help=f"model family (default {DEFAULT_FAMILY})",
+    )
+    download.add_argument(
+        "--version",
+        dest="model_version",
+        default=None,
+        metavar="VERSION",
+        help="e.g. v15 or v1 (default: the family's, v15)",
+    )
+    download.add_argument(
+        "--eval",
+        action="store_true",
+        help="also fetch the metric weight files of `lipsync eval` that have a public address "
+        "(syncnet_v2.model, pytorch-fid's Inception) and say where to get ArcFace's",
+    )
+    download.add_argument(
+        "--eval-weights",
+        type=Path,
+        default=DEFAULT_EVAL_WEIGHTS,
+        help=f"folder for the --eval files (default {DEFAULT_EVAL_WEIGHTS})",
+    )
+
+
+def run_weights_download(args: argparse.Namespace) -> int:
+    from lipsync.models.hub import download_weights, summary
+
+    fetched, report = download_weights(args.dir, args.model, args.model_version)
+    print(f"{args.model} files: {summary(fetched)}")
+    print(report.format())
+    status = 0 if report.ok else 1
+    if args.eval:
+        from lipsync.eval.networks.download import download_eval_weights, not_downloadable
+
+        results = download_eval_weights(args.eval_weights)
+        for result in results:
+            if result.problem:
+                print(f"error: {with_flags(result.problem)}", file=sys.stderr)
+        print(not_downloadable())
+        status = status or int(any(result.problem for result in results))
+    return status
+
+
 def run_weights(args: argparse.Namespace) -> int:
     from lipsync.models.families import families_in, family
 
+    if args.weights_command == "download":
+        return run_weights_download(args)
     if args.weights_command == "scaffold-eval":
         from lipsync.eval.networks.weights import scaffold_eval_weights
 

@@ -1,8 +1,9 @@
 """The model families lipsync runs, and which one a weights folder holds.
 
 A family is a package under `lipsync.models` offering FAMILY, VERSIONS, DEFAULT_VERSION and the functions
-`load`, `check`, `scaffold` and `recognise` (see `Family`). Packages are imported only when used, so the
-command line stays quick.
+`load`, `check`, `scaffold` and `recognise` (see `Family`), and, when its released files are on the Hugging
+Face Hub, `hub_files(version)` for `lipsync weights download` (see `lipsync.models.hub`). Packages are
+imported only when used, so the command line stays quick.
 """
 
 from __future__ import annotations

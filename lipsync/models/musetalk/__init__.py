@@ -9,18 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsync.models.musetalk.weights import ALL_VERSIONS, FAMILY, check_weights, recognise, scaffold_weights
+from lipsync.models.musetalk.weights import (
+    ALL_VERSIONS,
+    FAMILY,
+    check_weights,
+    recognise,
+    scaffold_weights,
+)
+from lipsync.models.musetalk.weights import hub_files as _hub_files
 
 if TYPE_CHECKING:
     import torch
 
     from lipsync.models.generator import Generator
+    from lipsync.models.hub import HubFile
     from lipsync.models.weights import WeightsReport
 
 VERSIONS: tuple[str, ...] = ALL_VERSIONS
 DEFAULT_VERSION = "v15"
 
-__all__ = ["DEFAULT_VERSION", "FAMILY", "VERSIONS", "check", "load", "recognise", "scaffold"]
+__all__ = ["DEFAULT_VERSION", "FAMILY", "VERSIONS", "check", "hub_files", "load", "recognise", "scaffold"]
 
 
 def load(root: Path, version: str, device: torch.device, dtype: torch.dtype) -> Generator:
@@ -35,3 +43,8 @@ def check(root: Path, version: str | None = None) -> WeightsReport:
 
 def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
     scaffold_weights(root, tiny=tiny, seed=seed)
+
+
+def hub_files(version: str) -> list[HubFile]:
+    """The files of `version` on the Hugging Face Hub, and where each goes (`lipsync weights download`)."""
+    return _hub_files(version)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from lipsync.models.musetalk.weights import (
     VERSION_LABELS,
     WeightsLayout,
     check_weights,
+    download_command,
 )
 from lipsync.models.weights import WEIGHTS_MANIFEST, read_weights_manifest
 
@@ -112,7 +113,8 @@ def load_models(
     if not report.ok:
         raise WeightsError(
             f"MuseTalk {VERSION_LABELS[version]} weights are missing or malformed.\n{report.format()}",
-            f"put the files listed above, from the sources given, into {root}",
+            f"run `{download_command(root, version)}`, or put the files listed above, from the sources "
+            f"given, into {root}",
         )
     layout = WeightsLayout(root, version)
     audio_dtype = torch.float32 if device.type == "cpu" else dtype

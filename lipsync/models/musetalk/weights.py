@@ -24,6 +24,7 @@ from lipsync.config import (
     ModelVersion,
 )
 from lipsync.errors import WeightsError
+from lipsync.models.hub import HubFile
 from lipsync.models.scaffold import Noise, random_state_dict
 from lipsync.models.weights import (
     ModelEntry,
@@ -63,6 +64,52 @@ EXPECTED_TREE = """\
 SCAFFOLD_HINT = (
     "`lipsync weights scaffold DIR` writes untrained random weights in this layout (for tests only)"
 )
+
+# The released files on the Hugging Face Hub (`lipsync weights download`). The VAE and whisper come as
+# .safetensors: the loaders take them, and they are read without unpickling anything.
+UNET_REPO = "TMElyralab/MuseTalk"
+VAE_REPO = "stabilityai/sd-vae-ft-mse"
+WHISPER_REPO = "openai/whisper-tiny"
+
+
+def hub_files(version: ModelVersion) -> list[HubFile]:
+    """The Hub files one version needs, each with its place in the layout."""
+    unet_dir = UNET_DIRS[version]
+    vae_weights, whisper_weights = VAE_WEIGHT_FILES[1], WHISPER_WEIGHT_FILES[1]
+    same = [
+        (UNET_REPO, f"{unet_dir}/{UNET_CONFIG_FILE}"),
+        (UNET_REPO, f"{unet_dir}/{UNET_WEIGHT_FILES[version]}"),
+    ]
+    return [HubFile(repo, name, name) for repo, name in same] + [
+        HubFile(VAE_REPO, CONFIG_FILE, f"{VAE_DIR}/{CONFIG_FILE}"),
+        HubFile(
+            VAE_REPO,
+            vae_weights,
+            f"{VAE_DIR}/{vae_weights}",
+            satisfied_by=tuple(f"{VAE_DIR}/{n}" for n in VAE_WEIGHT_FILES if n != vae_weights),
+        ),
+        HubFile(WHISPER_REPO, CONFIG_FILE, f"{WHISPER_DIR}/{CONFIG_FILE}"),
+        HubFile(WHISPER_REPO, PREPROCESSOR_FILE, f"{WHISPER_DIR}/{PREPROCESSOR_FILE}"),
+        HubFile(
+            WHISPER_REPO,
+            whisper_weights,
+            f"{WHISPER_DIR}/{whisper_weights}",
+            satisfied_by=tuple(f"{WHISPER_DIR}/{n}" for n in WHISPER_WEIGHT_FILES if n != whisper_weights),
+        ),
+    ]
+
+
+def download_command(root: Path, version: ModelVersion | None = None) -> str:
+    """The one command that fetches what ROOT lacks for `version` (v1.5 when None)."""
+    extra = " --version v1" if version == "v1" else ""
+    return f"lipsync weights download {root}{extra}"
+
+
+def download_hint(root: Path, version: ModelVersion | None) -> str:
+    """What a report of missing files says to do: the download first, the test scaffold second."""
+    also = " (add --version v1 for v1.0)" if version is None else ""
+    command = download_command(root, version)
+    return f"get them with `{command}` (from the Hugging Face Hub){also}\nor {SCAFFOLD_HINT}"
 
 
 @dataclass(frozen=True)
@@ -173,7 +220,14 @@ def check_weights(root: Path, version: ModelVersion | None = None) -> WeightsRep
     ]
     title = "MuseTalk " + ", ".join(VERSION_LABELS[v] for v in versions)
     return WeightsReport(
-        root, FAMILY, title, tuple(checks), is_untrained(root, FAMILY), SOURCES, EXPECTED_TREE, SCAFFOLD_HINT
+        root,
+        FAMILY,
+        title,
+        tuple(checks),
+        is_untrained(root, FAMILY),
+        SOURCES,
+        EXPECTED_TREE,
+        download_hint(root, version),
     )
 
 

@@ -348,19 +348,21 @@ class ServerEngine:
                     f"the server already has its limit of {limit} jobs queued or running",
                     "wait until some of them are done or failed, then retry",
                 )
-            names = {  # every upload exists before any is taken
-                role: given.path.name if given.upload is None else self.uploads.name(given.upload)
-                for role, given in media.items()
-                if given.path is not None or given.upload is not None
-            }
-            inputs = {
-                role: given.path if given.upload is None else self.uploads.claim(given.upload)
-                for role, given in media.items()
-            }
-            uploads = tuple(inputs[role] for role, given in media.items() if given.upload is not None)
-            job = _Job(
-                uuid.uuid4().hex, kind, name, {k: v for k, v in inputs.items() if v}, uploads, **request
-            )
+            for given in media.values():  # every upload exists before any is taken
+                if given.upload is not None:
+                    self.uploads.peek(given.upload)
+            names: dict[str, str] = {}  # role -> the file name the client knows
+            inputs: dict[str, Path] = {}
+            uploads: list[Path] = []
+            for role, given in media.items():
+                if given.upload is None:
+                    assert given.path is not None
+                    names[role], inputs[role] = given.path.name, given.path
+                else:
+                    names[role] = self.uploads.name(given.upload)
+                    inputs[role] = self.uploads.claim(given.upload)
+                    uploads.append(inputs[role])
+            job = _Job(uuid.uuid4().hex, kind, name, inputs, tuple(uploads), **request)
             if kind == "dub":
                 stem = PurePath(names["video"]).stem or "dub"
                 job.name = names["video"]

@@ -131,6 +131,8 @@ def fetch(file: HubFile, root: Path, log: Log = print) -> Fetched:
     if dest.is_file() and dest.stat().st_size == size and _matches(dest, etag):
         log(f"present     {file.target} (matches the Hub's checksum)")
         return Fetched(file, dest, "present")
+    if dest.is_file():
+        log(f"replacing   {file.target}: it differs from the Hub's file")
 
     action: Action = "from cache"
     if not blob.is_file() and _SHA256.fullmatch(etag):

@@ -246,6 +246,17 @@ class LoadBenchSettings:
         return max(1, round(self.chunk_ms * AUDIO_SAMPLE_RATE / 1000))
 
 
+# --- Batch dubbing (`lipsync dub-batch`) -----------------------------------------------------------
+BATCH_REPORT_SUFFIX = ".report.json"  # default report: TASKS.yaml -> TASKS.yaml.report.json beside it
+BATCH_PATH_KEYS = ("video", "audio", "output")  # what every task names; every other key is an option
+# Options that change the loaded model: set once for the whole batch, on the command line.
+BATCH_COMMAND_LEVEL_OPTIONS = ("model", "version", "device", "dtype")
+# The smallest value that works for the whole-number options a task may set (a frame rate must be above 0).
+BATCH_OPTION_MINIMUMS = {"batch_size": 1, "smoothing_window": 1, "max_faces": 1, "face_index": 0}
+# Under several processes the main one waits this long for the slowest to finish its share of the tasks.
+BATCH_GATHER_TIMEOUT_S = 7 * 24 * 3600.0
+
+
 # --- Downloads (`lipsync weights download`) ---------------------------------------------------------
 # The model files come from the Hugging Face Hub through huggingface_hub, which reads HF_ENDPOINT (a mirror),
 # HF_HOME / HF_HUB_CACHE (its cache) and HF_HUB_OFFLINE itself.

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lipsync import __version__
-from lipsync.cli import avatar_cmd, data_cmd, eval_cmd, loadbench_cmd, serve_cmd, train_cmd
+from lipsync.cli import avatar_cmd, batch_cmd, data_cmd, eval_cmd, loadbench_cmd, serve_cmd, train_cmd
 from lipsync.cli.options import (
     add_face_options,
     add_image_fps_option,
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(bench)
     add_face_options(bench)
 
+    batch_cmd.register(commands)
     avatar_cmd.register(commands)
     serve_cmd.register(commands)
     loadbench_cmd.register(commands)
@@ -247,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dub": run_dub,
         "weights": run_weights,
         "bench": run_bench,
+        "dub-batch": batch_cmd.run,
         "avatar": avatar_cmd.run,
         "serve": serve_cmd.run,
         "bench-live": loadbench_cmd.run,

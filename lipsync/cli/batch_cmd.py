@@ -1,0 +1,113 @@
+"""`lipsync dub-batch TASKS`: dub every (video, audio, output) task of a YAML or CSV file, models loaded once.
+
+The file is checked as a whole before any model loads; a task whose output is already there is skipped (so
+a stopped batch resumes); a failing task is reported and the others go on; under `accelerate launch` the
+processes share the tasks and the main one writes one report. The format is in docs/batch.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lipsync.cli.options import (
+    add_face_options,
+    add_image_fps_option,
+    add_model_options,
+    add_speech_options,
+    settings_from_args,
+)
+from lipsync.config import BATCH_REPORT_SUFFIX
+
+if TYPE_CHECKING:
+    from lipsync.pipeline.batch import ProcessShare, TaskResult
+
+EPILOG = """\
+exit codes: 0 every task done or skipped; 1 at least one task failed (the others still ran; see the
+table and the report); 2 the task file, the weights or an option cannot be used (nothing was dubbed);
+130/143 stopped by Ctrl-C/SIGTERM (finished outputs are kept; run again to resume).
+under accelerate: accelerate launch --multi_gpu --num_processes N -m lipsync.cli.main dub-batch TASKS
+(on GPUs, or on the CPU alone: the processes then talk over gloo); torchrun works too."""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    batch = commands.add_parser(
+        "dub-batch",
+        help="dub every (video, audio, output) task of a YAML or CSV file, with the models loaded once",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument(
+        "tasks", type=Path, help="task file (.yaml, .yml or .csv); relative paths in it are from its folder"
+    )
+    batch.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help=f"JSON report of every task (default: TASKS{BATCH_REPORT_SUFFIX} beside the task file)",
+    )
+    batch.add_argument(
+        "--force",
+        action="store_true",
+        help="dub again the tasks whose output is already there (default: skip them)",
+    )
+    add_model_options(batch)
+    add_face_options(batch)
+    add_speech_options(batch)
+    add_image_fps_option(batch)
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-task lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lipsync.pipeline.batch import ProcessShare, default_report_path, load_tasks, run_batch
+    from lipsync.pipeline.dub import UNTRAINED_LABEL, DubPipeline
+
+    settings = settings_from_args(args)
+    report_path = args.report if args.report is not None else default_report_path(args.tasks)
+    tasks = load_tasks(args.tasks, report=report_path)  # every problem of the file, before the model load
+    share = ProcessShare.from_environment(settings.runtime.device)
+    pipeline = DubPipeline.from_pretrained(args.weights, settings=settings)
+    if pipeline.generator.untrained and share.is_main:
+        print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
+    report = run_batch(
+        pipeline,
+        tasks,
+        force=args.force,
+        share=share,
+        on_result=None if args.quiet else _progress_line(len(tasks), share),
+        progress=not args.quiet and share.world_size == 1,
+        tasks_file=args.tasks.absolute(),
+    )
+    if share.is_main:
+        report.write(report_path)
+        print(report.table())
+        print(f"report: {report_path}")
+        failed = report.count("failed")
+        if failed:
+            print(f"{failed} task(s) failed; the others ran (the report has each error)", file=sys.stderr)
+    _leave_process_group(share)
+    return report.exit_code
+
+
+def _progress_line(total: int, share: ProcessShare) -> Callable[[TaskResult], None]:
+    prefix = f"[rank {share.rank}] " if share.world_size > 1 else ""
+
+    def line(result: TaskResult) -> None:
+        if result.status == "failed":
+            detail = (result.error or "").splitlines()[0]
+        else:
+            detail = f"{result.frames} frames, {result.seconds:.1f} s"
+        print(f"{prefix}[{result.index}/{total}] {result.status:7} {result.output}: {detail}", flush=True)
+
+    return line
+
+
+def _leave_process_group(share: ProcessShare) -> None:
+    if share.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -36,13 +36,13 @@ from conftest import REPO, media, still_photo, write_clip, write_wav
 
 FAST = ["--device", "cpu", "--dtype", "fp32", "-q"]
 SAMPLE_RATE = 16_000
-CLIP_FRAMES = 4
-SHORT_SAMPLES, LONG_SAMPLES = 4_000, 5_760  # 0.25 s and 0.36 s of speech: 6 and 9 frames at 25 fps
+CLIP_FRAMES = 3
+SHORT_SAMPLES, LONG_SAMPLES = 1_920, 3_200  # 0.12 s and 0.2 s of speech: 3 and 5 frames at 25 fps
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of tiny inputs: clips/c.mp4, clips/b.mp4 (4 frames each), speech/short.wav, speech/long.wav
+    """A folder of tiny inputs: clips/c.mp4, clips/b.mp4 (3 frames each), speech/short.wav, speech/long.wav
     (cut from the middle of the shared speech) and still.png."""
     root = tmp_path_factory.mktemp("batch-inputs")
     (root / "clips").mkdir()
@@ -130,7 +130,9 @@ def test_yaml_batch_dubs_reports_a_failure_and_resumes(
     # Run again: the finished outputs are skipped, untouched; the failure is reported again.
     before = {name: (path.stat().st_ino, path.stat().st_mtime_ns) for name, path in outputs.items()}
     assert main(args) == 1
-    assert "0 done, 3 skipped, 1 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0 done, 3 skipped, 1 failed" in captured.out
+    assert "UNTRAINED" not in captured.err  # the model was not even loaded: no task needed it
     assert {name: (path.stat().st_ino, path.stat().st_mtime_ns) for name, path in outputs.items()} == before
     again = read_report(default_report_path(tasks_file))["tasks"]
     assert [entry["status"] for entry in again] == ["skipped", "skipped", "failed", "skipped"]
@@ -289,6 +291,17 @@ def test_run_batch_goes_on_after_a_failure_skips_present_outputs_and_stops_on_ct
     assert [r.status for r in run_batch(pipeline, tasks[1:], force=True).results] == ["done", "done"]
     assert calls == ["fine.mp4", "present.mp4"]
 
+    # The pipeline may come from a loader, called once and only when a task needs dubbing.
+    loads: list[int] = []
+
+    def loader() -> DubPipeline:
+        loads.append(1)
+        return pipeline
+
+    assert [r.status for r in run_batch(loader, tasks[2:]).results] == ["skipped"] and loads == []
+    assert [r.status for r in run_batch(loader, tasks, force=True).results] == ["failed", "done", "done"]
+    assert loads == [1]
+
     # Ctrl-C (or SIGTERM) ends the batch, even when a library turned it into another error.
     calls.clear()
     stop = [BatchTask(1, video, audio, tmp_path / "stop.mp4"), BatchTask(2, video, audio, tmp_path / "x.mp4")]
@@ -310,8 +323,8 @@ def test_accelerate_launch_shares_the_tasks_and_writes_one_report(
     tasks_file.write_text(
         "- {video: clips/c.mp4, audio: speech/short.wav, output: out/1.mp4}\n"
         "- {video: clips/b.mp4, audio: speech/short.wav, output: out/2.mp4}\n"
-        "- {video: clips/b.mp4, audio: speech/long.wav, output: out/3.mp4}\n"
-        "- {video: clips/c.mp4, audio: speech/long.wav, output: out/4.mp4}\n"
+        "- {video: clips/b.mp4, audio: speech/short.wav, output: out/3.mp4}\n"
+        "- {video: clips/c.mp4, audio: speech/short.wav, output: out/4.mp4}\n"
     )
     accelerate = Path(sys.executable).with_name("accelerate")
     launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]

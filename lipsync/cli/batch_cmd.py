@@ -69,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
     report_path = args.report if args.report is not None else default_report_path(args.tasks)
     tasks = load_tasks(args.tasks, report=report_path)  # every problem of the file, before the model load
     share = ProcessShare.from_environment(settings.runtime.device)
-    pipeline = DubPipeline.from_pretrained(args.weights, settings=settings)
-    if pipeline.generator.untrained and share.is_main:
-        print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
+
+    def load() -> DubPipeline:  # once, when a task first needs it: a finished batch loads nothing
+        pipeline = DubPipeline.from_pretrained(args.weights, settings=settings)
+        if pipeline.generator.untrained and share.is_main:
+            print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
+        return pipeline
+
     report = run_batch(
-        pipeline,
+        load,
         tasks,
         force=args.force,
         share=share,

@@ -517,8 +517,11 @@ def _report_problems(report: Path) -> list[str]:
     return []
 
 
+PipelineSource = Union["DubPipeline", Callable[[], "DubPipeline"]]
+
+
 def run_batch(
-    pipeline: DubPipeline,
+    pipeline: PipelineSource,
     tasks: Sequence[BatchTask],
     *,
     force: bool = False,
@@ -528,14 +531,23 @@ def run_batch(
     tasks_file: Path | None = None,
 ) -> BatchReport:
     """Run this process's share of `tasks` with the pipeline's generator (each task's options over the
-    pipeline's settings), then gather every process's results. A task whose output is a readable video
-    is skipped unless `force`; a failing task is reported and the others go on. KeyboardInterrupt (Ctrl-C,
-    and SIGTERM as `lipsync` handles it) stops the batch; the interrupted output is not kept."""
+    pipeline's settings), then gather every process's results. `pipeline` may be a function that loads
+    one: it is called once, when the first task needs dubbing (a batch whose outputs are all there loads
+    no model). A task whose output is a readable video is skipped unless `force`; a failing task is
+    reported and the others go on, but a model that cannot load stops the batch (it raises). Ctrl-C
+    (KeyboardInterrupt; SIGTERM as `lipsync` handles it) stops it too; the interrupted output is not kept."""
     share = share or ProcessShare()
+    loaded: list[DubPipeline] = []
+
+    def load() -> DubPipeline:
+        if not loaded:
+            loaded.append(_pipeline(pipeline))
+        return loaded[0]
+
     results = []
     for task in tasks:
         if share.owns(task):
-            result = run_task(pipeline, task, force=force, rank=share.rank, progress=progress)
+            result = run_task(load, task, force=force, rank=share.rank, progress=progress)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -543,9 +555,15 @@ def run_batch(
 
 
 def run_task(
-    pipeline: DubPipeline, task: BatchTask, *, force: bool = False, rank: int = 0, progress: bool = False
+    pipeline: PipelineSource,
+    task: BatchTask,
+    *,
+    force: bool = False,
+    rank: int = 0,
+    progress: bool = False,
 ) -> TaskResult:
-    """Dub one task, or skip it when its output is already there; any error is returned as a failure."""
+    """Dub one task, or skip it when its output is already there; an error of the task (its inputs, its
+    output, its options) is returned as a failure, one loading the model is raised."""
     from lipsync.pipeline.dub import DubPipeline
 
     started = time.perf_counter()
@@ -575,9 +593,14 @@ def run_task(
             )
         if not force:
             return result("skipped", present)
+    try:  # the cheap checks first: a task whose inputs are missing needs no model
+        _check_paths(task)
+    except LipsyncError as exc:
+        return result("failed", error=str(exc))
+    base = _pipeline(pipeline)
     try:
-        settings = pipeline.settings.with_options(**task.options)
-        summary = DubPipeline(pipeline.generator, settings)(
+        settings = base.settings.with_options(**task.options)
+        summary = DubPipeline(base.generator, settings)(
             task.video, task.audio, task.output, progress=progress
         )
     except Exception as exc:
@@ -585,6 +608,24 @@ def run_task(
             raise
         return result("failed", error=_describe(exc))
     return result("done", summary.frames)
+
+
+def _check_paths(task: BatchTask) -> None:
+    """Raise InputError or OutputError for a missing input or an output folder that cannot be written."""
+    from lipsync.io.audio import AUDIO_FIX
+    from lipsync.io.files import require_file
+    from lipsync.io.video import VIDEO_FIX
+    from lipsync.io.writer import check_output_path
+
+    require_file(task.video, "a video or photo", VIDEO_FIX)
+    require_file(task.audio, "an audio file", AUDIO_FIX)
+    check_output_path(task.output, {"video": task.video, "audio": task.audio})
+
+
+def _pipeline(source: PipelineSource) -> DubPipeline:
+    from lipsync.pipeline.dub import DubPipeline
+
+    return source if isinstance(source, DubPipeline) else source()
 
 
 def present_video_frames(path: Path) -> int | None:

@@ -110,8 +110,11 @@ def _progress_line(total: int, share: ProcessShare) -> Callable[[TaskResult], No
 
 
 def _leave_process_group(share: ProcessShare) -> None:
+    """Wait until the main process has written the report (a launcher stops every process as soon as one
+    ends with a non-zero code), then leave the group."""
     if share.world_size > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()

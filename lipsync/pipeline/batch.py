@@ -597,7 +597,9 @@ def run_task(
         _check_paths(task)
     except LipsyncError as exc:
         return result("failed", error=str(exc))
+    loading = time.perf_counter()
     base = _pipeline(pipeline)
+    started += time.perf_counter() - loading  # a task's seconds leave out the one model load
     try:
         settings = base.settings.with_options(**task.options)
         summary = DubPipeline(base.generator, settings)(

@@ -238,6 +238,7 @@ def test_csv_values_take_the_settings_types_and_problems_name_their_lines(tmp_pa
     assert any("line 1 (header): `model` changes the loaded model" in problem for problem in problems)
     assert any("task 2 (line 3): 5 cells, but the header has 4 columns" in problem for problem in problems)
     assert sum("`model`" in problem for problem in problems) == 1  # a bad column is reported once
+    assert not any("no `audio`" in problem for problem in problems)  # nor is a missing one, per row
 
     report = tmp_path / "r.json"
     tasks_file.write_text(f"video,audio,output\n{report},a.wav,{tasks_file}\n")
@@ -305,7 +306,7 @@ def test_run_batch_goes_on_after_a_failure_skips_present_outputs_and_stops_on_ct
     # Ctrl-C (or SIGTERM) ends the batch, even when a library turned it into another error.
     calls.clear()
     stop = [BatchTask(1, video, audio, tmp_path / "stop.mp4"), BatchTask(2, video, audio, tmp_path / "x.mp4")]
-    with pytest.raises(OSError, match="re-raised the stop"):
+    with pytest.raises(KeyboardInterrupt):
         run_batch(pipeline, stop)
     assert calls == ["stop.mp4"]
 
@@ -357,3 +358,19 @@ def test_accelerate_launch_shares_the_tasks_and_writes_one_report(
     assert sorted(path.name for path in folder.iterdir() if path.suffix == ".json") == [
         "tasks.yaml.report.json"
     ]
+
+
+def test_ctrl_c_stops_the_command_without_a_report(
+    tiny_weights: Path, inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(DubPipeline, "__call__", fake_dub(calls))
+    folder = batch_folder(inputs, tmp_path)
+    tasks_file = folder / "tasks.yaml"
+    tasks_file.write_text(
+        "- {video: clips/c.mp4, audio: speech/short.wav, output: out/stop.mp4}\n"
+        "- {video: clips/c.mp4, audio: speech/short.wav, output: out/next.mp4}\n"
+    )
+    assert main(["dub-batch", str(tasks_file), "--weights", str(tiny_weights), *FAST]) == 130
+    assert calls == ["stop.mp4"]  # the batch stopped: the next task did not start
+    assert not default_report_path(tasks_file).exists()

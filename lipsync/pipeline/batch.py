@@ -14,6 +14,7 @@ Under `accelerate launch` (or torchrun) every process takes its share of the tas
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -152,7 +153,7 @@ class BatchReport:
                 r.status,
                 str(r.frames),
                 f"{r.seconds:.1f}",
-                (r.error or "").splitlines()[0] if r.error else "",
+                r.error.splitlines()[0] if r.error else "",
             )
             for r in self.results
         ]
@@ -213,13 +214,15 @@ def default_report_path(tasks_file: str | Path) -> Path:
     return path.with_name(path.name + BATCH_REPORT_SUFFIX)
 
 
+@functools.cache
 def task_options() -> dict[str, Any]:
-    """The options a task may set, each with its type (from the settings dataclasses in lipsync.config)."""
-    types: dict[str, Any] = {}
+    """The options a task may set, each with its type (from the settings dataclasses in lipsync.config).
+    Cached: do not change the dict it returns."""
+    kinds: dict[str, Any] = {}
     for cls in (FaceSettings, RuntimeSettings, DubSettings):
         hints = get_type_hints(cls)
-        types.update({f.name: hints[f.name] for f in fields(cls) if f.name not in ("face", "runtime")})
-    return {name: kind for name, kind in types.items() if name not in BATCH_COMMAND_LEVEL_OPTIONS}
+        kinds.update({f.name: hints[f.name] for f in fields(cls) if f.name not in ("face", "runtime")})
+    return {name: kind for name, kind in kinds.items() if name not in BATCH_COMMAND_LEVEL_OPTIONS}
 
 
 def parse_option(name: str, value: object, kind: Any = None) -> Any:
@@ -268,6 +271,7 @@ class _Entry:
 
     where: str
     values: Mapping[str, object]
+    reported: frozenset[str] = frozenset()  # missing keys already reported for the whole file (CSV header)
 
 
 def load_tasks(path: str | Path, *, report: str | Path | None = None) -> list[BatchTask]:
@@ -365,6 +369,7 @@ def _csv_entries(text: str, problems: list[str]) -> list[_Entry]:
     reader = csv.reader(text.splitlines(keepends=True))
     header: list[str] | None = None
     ignored: set[str] = set()
+    missing: frozenset[str] = frozenset()
     entries: list[_Entry] = []
     end = 0
     try:
@@ -377,6 +382,7 @@ def _csv_entries(text: str, problems: list[str]) -> list[_Entry]:
                 header = cells
                 problems += _header_problems(header)
                 ignored = {name for name in header if not name or _option_name_problem(name)}
+                missing = frozenset(key for key in BATCH_PATH_KEYS if key not in header)
                 continue
             where = f"task {len(entries) + 1} (line {start})"
             if len(cells) != len(header):
@@ -387,7 +393,7 @@ def _csv_entries(text: str, problems: list[str]) -> list[_Entry]:
             values = {
                 key: cell for key, cell in zip(header, cells, strict=True) if cell and key not in ignored
             }
-            entries.append(_Entry(where, values))
+            entries.append(_Entry(where, values, missing))
     except csv.Error as exc:
         problems.append(f"line {reader.line_num}: not valid CSV ({exc})")
     if header is None:
@@ -450,7 +456,7 @@ def _task(
     for key in BATCH_PATH_KEYS:
         value = entry.values.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
-            if entry.values:  # an entry already reported as malformed is not reported again
+            if entry.values and key not in entry.reported:  # each problem is reported once
                 problems.append(f"{entry.where}: no `{key}`")
         elif not isinstance(value, str):
             problems.append(f"{entry.where}: `{key}` must be a file path, got {value!r}")
@@ -606,8 +612,9 @@ def run_task(
             task.video, task.audio, task.output, progress=progress
         )
     except Exception as exc:
-        if _interrupted(exc):
-            raise
+        stop = _interruption(exc)
+        if stop is not None:
+            raise stop from None
         return result("failed", error=_describe(exc))
     return result("done", summary.frames)
 
@@ -639,8 +646,9 @@ def present_video_frames(path: Path) -> int | None:
     try:
         return probe_video(path).frame_count
     except Exception as exc:
-        if _interrupted(exc):
-            raise
+        stop = _interruption(exc)
+        if stop is not None:
+            raise stop from None
         return None
 
 
@@ -662,17 +670,17 @@ def gather_results(results: Sequence[TaskResult], share: ProcessShare) -> list[T
     return sorted(merged, key=lambda result: result.index)
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """True when `exc` is, or was raised while handling, a KeyboardInterrupt (Ctrl-C, SIGTERM): a library
-    that re-raises the stop as its own error must not turn it into one failed task."""
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C; SIGTERM as `lipsync` handles it) that `exc` is or was raised while
+    handling: a library that re-raises the stop as its own error must not turn it into one failed task."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, KeyboardInterrupt):
-            return True
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def _describe(exc: Exception) -> str:

@@ -28,6 +28,11 @@ _EXPORTS = {
     "AvatarInfo": "lipsync.pipeline.avatar_store",
     "prepare_avatar": "lipsync.pipeline.avatar",
     "load_fresh_avatar": "lipsync.pipeline.avatar",
+    "load_tasks": "lipsync.pipeline.batch_tasks",
+    "run_batch": "lipsync.pipeline.batch",
+    "BatchTask": "lipsync.pipeline.batch_tasks",
+    "BatchReport": "lipsync.pipeline.batch",
+    "preview_first_frame": "lipsync.pipeline.preview",
     "Generator": "lipsync.models.generator",
     "load_generator": "lipsync.models.families",
     "load_audio": "lipsync.io.audio",
@@ -43,6 +48,8 @@ __all__ = [
     "Avatar",
     "AvatarInfo",
     "AvatarStore",
+    "BatchReport",
+    "BatchTask",
     "DubPipeline",
     "DubSettings",
     "DubSummary",
@@ -60,7 +67,10 @@ __all__ = [
     "load_audio",
     "load_fresh_avatar",
     "load_generator",
+    "load_tasks",
     "prepare_avatar",
+    "preview_first_frame",
+    "run_batch",
 ]
 
 

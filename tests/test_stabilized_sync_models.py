@@ -208,7 +208,7 @@ def test_resnet_se34_parameter_count() -> None:
     fc = 128 * 512 + 512
     assert (stem, layer1, layer2, layer3, layer4) == (816, 14_262, 71_376, 434_224, 833_712)
     expected = stem + layer1 + layer2 + layer3 + layer4 + sap + fc
-    assert expected == 1_437_078  # "Fast ResNet-34": about 1.4 M parameters
+    assert expected == 1_437_078
     assert count(ResNetSE34(out_dim=512)) == expected
 
 

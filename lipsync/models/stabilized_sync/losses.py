@@ -14,6 +14,7 @@ every model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,8 @@ TALKING_FACE_WEIGHTS = LossWeights()  # G_L
 SILENT_LIP_WEIGHTS = LossWeights(stabilized_sync=0.0, triplet=0.0)  # G_S: λ3 = λ4 = 0
 
 
-def adam(parameters: list[nn.Parameter] | nn.Module) -> torch.optim.Adam:
-    """Adam with the paper's learning rate and betas."""
+def adam(parameters: Iterable[nn.Parameter] | nn.Module) -> torch.optim.Adam:
+    """Adam with the paper's learning rate and betas, over a module's parameters or the ones given."""
     params = parameters.parameters() if isinstance(parameters, nn.Module) else parameters
     return torch.optim.Adam(params, lr=LEARNING_RATE, betas=ADAM_BETAS)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lipsync.errors import WeightsError
-from lipsync.io.files import atomic_path
+from lipsync.io.files import HASH_CHUNK_BYTES, atomic_path, file_sha256
 
 if TYPE_CHECKING:
     from lipsync.models.weights import WeightsReport
@@ -42,7 +42,6 @@ Action = Literal["present", "from cache", "downloaded", "resumed", "satisfied"]
 PARTIAL_SUFFIX = ".incomplete"  # <cache>/blobs/<sha256>.incomplete: an unfinished transfer, continued
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
-_HASH_CHUNK = 1 << 20
 _OFFLINE_FIX = (
     "go online (unset HF_HUB_OFFLINE), or set HF_ENDPOINT to a Hub mirror you can reach, "
     "or copy the file by hand to the path above"
@@ -300,7 +299,7 @@ def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | N
                 f"the download of {where} stopped at {_kept(partial)} of {_size_text(size)}: {_reason(exc)}",
                 "run the same command again: it continues from there",
             ) from exc
-        actual = _sha256(partial)
+        actual = file_sha256(partial)
         if actual != sha256:
             partial.unlink()
             raise WeightsError(
@@ -319,7 +318,7 @@ def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | N
 def _matches(path: Path, etag: str) -> bool:
     """Whether the file's content has the checksum `etag` (an unknown kind of checksum is not checked)."""
     if _SHA256.fullmatch(etag):
-        return _sha256(path) == etag
+        return file_sha256(path) == etag
     if _GIT_SHA1.fullmatch(etag):
         return _git_blob_sha1(path) == etag
     return True
@@ -341,19 +340,11 @@ def _verify_cached(cached: Path, etag: str, file: HubFile) -> None:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _git_blob_sha1(path: Path) -> str:
     """The hash git gives the file (what the Hub declares for a file that is not in LFS)."""
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
+        while chunk := fh.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
 

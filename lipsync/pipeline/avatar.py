@@ -27,7 +27,7 @@ from lipsync import __version__
 from lipsync.config import DubSettings, FaceSettings
 from lipsync.errors import NoFaceError
 from lipsync.face.track import FaceTrack
-from lipsync.io.files import require_file
+from lipsync.io.files import file_sha256, require_file
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
 from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar_store import (
@@ -40,7 +40,6 @@ from lipsync.pipeline.avatar_store import (
     AvatarStore,
     array_entry,
     check_name,
-    file_sha256,
     generator_spec,
     write_array,
     write_manifest,

@@ -21,7 +21,6 @@ avatar manifest, never through a symbolic link.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ from lipsync.config import FaceSettings
 from lipsync.errors import LipsyncError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import NO_BOX, box_at
-from lipsync.io.files import Leftover, atomic_path, leftovers, remove_leftovers
+from lipsync.io.files import Leftover, atomic_path, file_sha256, leftovers, remove_leftovers
 from lipsync.timing import StageTimes
 
 AVATAR_FORMAT = "lipsync-avatar"
@@ -52,7 +51,6 @@ REFERENCE_PREFIX = "ref-"
 # What a format-1 manifest (no "generator" entry) was made by.
 FORMAT_1_GENERATOR = {"family": "musetalk", "frame_arrays": ["latents"], "reference_arrays": []}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: use fullmatch
-HASH_CHUNK_BYTES = 8 << 20
 
 
 class AvatarError(LipsyncError):
@@ -66,14 +64,6 @@ def check_name(name: str) -> str:
             "use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
         )
     return name
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ is printed instead.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -30,7 +29,7 @@ from lipsync.eval.networks.arcface import ARCFACE_SOURCE, ZOO_EXAMPLE
 from lipsync.eval.networks.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_SOURCE
 from lipsync.eval.networks.syncnet_v2 import SYNCNET_V2_FILE, SYNCNET_V2_URL
 from lipsync.eval.networks.weights import ARCFACE_FILE, is_untrained_file
-from lipsync.io.files import atomic_path
+from lipsync.io.files import atomic_path, file_sha256
 from lipsync.models.weights import UNTRAINED_MARKER
 
 Log = Callable[[str], None]
@@ -107,7 +106,7 @@ def fetch_eval_file(file: EvalFile, folder: Path, log: Log = print) -> EvalFetch
     _download(file, part)
     prefix = file.sha256_prefix
     if prefix is not None:
-        actual = _sha256(part)
+        actual = file_sha256(part)
         if not actual.startswith(prefix):
             part.unlink()
             raise WeightsError(
@@ -193,15 +192,7 @@ def _total_from_range(content_range: str | None) -> int | None:
 
 def _prefix_ok(path: Path, file: EvalFile) -> bool:
     prefix = file.sha256_prefix
-    return prefix is None or _sha256(path).startswith(prefix)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return prefix is None or file_sha256(path).startswith(prefix)
 
 
 def _forget_untrained(path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from tqdm import tqdm
 
 from lipsync.config import SAMPLES_PER_WHISPER_FRAME, WHISPER_SEGMENT_SAMPLES, ModelVersion
 from lipsync.errors import WeightsError
-from lipsync.io.files import atomic_path
+from lipsync.io.files import atomic_path, file_sha256
 from lipsync.models.musetalk.audio_features import encode_whisper_segment
 from lipsync.models.musetalk.loading import MuseTalkModels
 from lipsync.models.musetalk.weights import WeightsLayout
@@ -25,7 +24,6 @@ from lipsync.train.data.format import (
     write_clip_meta,
 )
 
-HASH_CHUNK_BYTES = 1 << 20
 AUDIO_FILE = "audio.npy"
 # The whisper folder does not depend on the MuseTalk version; any version's layout finds it.
 WHISPER_LAYOUT_VERSION: ModelVersion = "v15"
@@ -38,11 +36,7 @@ def whisper_weights_id(weights_dir: Path) -> str:
         raise WeightsError(
             f"no whisper weights at {path}", "give a weights folder with whisper/ (lipsync weights check DIR)"
         )
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def whisper_features(models: MuseTalkModels, audio: np.ndarray) -> np.ndarray:

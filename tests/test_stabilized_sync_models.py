@@ -22,7 +22,7 @@ from lipsync.models.stabilized_sync.avsyncnet import AVSyncNet, avsync_loss, pre
 from lipsync.models.stabilized_sync.generator_net import (
     FaceDiscriminator,
     GeneratorConfig,
-    StabilizedSyncGenerator,
+    TalkingFaceGenerator,
     generate_frames,
     pose_reference,
 )
@@ -274,7 +274,7 @@ def test_configurations() -> None:
 def test_full_width_generator_and_discriminator_shapes(size: int) -> None:
     torch.manual_seed(0)
     config = GeneratorConfig.for_size(size)
-    generator = StabilizedSyncGenerator(config).eval()
+    generator = TalkingFaceGenerator(config).eval()
     discriminator = FaceDiscriminator(config)
     target = torch.rand(1, 3, size, size) * 2 - 1
     identity = torch.rand(1, 3, size, size) * 2 - 1
@@ -288,7 +288,7 @@ def test_full_width_generator_and_discriminator_shapes(size: int) -> None:
 def test_tiny_256_generator_and_discriminator() -> None:
     torch.manual_seed(0)
     config = GeneratorConfig.tiny(256)
-    generator = StabilizedSyncGenerator(config)
+    generator = TalkingFaceGenerator(config)
     discriminator = FaceDiscriminator(config)
     target = torch.rand(2, 3, 256, 256) * 2 - 1
     faces = generator(target.flip(0), pose_reference(target), torch.rand(2, 512))
@@ -315,7 +315,7 @@ def test_pose_reference_is_the_target_with_its_lower_half_masked() -> None:
 
 def test_five_frames_are_folded_into_the_batch() -> None:
     torch.manual_seed(0)
-    generator = StabilizedSyncGenerator(GeneratorConfig.tiny(96)).eval()
+    generator = TalkingFaceGenerator(GeneratorConfig.tiny(96)).eval()
     video = torch.rand(20, 3, 96, 96) * 2 - 1
     targets = torch.stack([video[2:7], video[8:13]])  # two steps of 5 consecutive frames
     identity = torch.stack([video[12:17], video[0:5]])  # identity references: other frames of the video

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from lipsync.models.generator import Generator
     from lipsync.models.weights import WeightsReport
 
-FAMILY_PACKAGES: dict[str, str] = {"musetalk": "lipsync.models.musetalk"}
+FAMILY_PACKAGES: dict[str, str] = {
+    "musetalk": "lipsync.models.musetalk",
+    "stabilized-sync": "lipsync.models.stabilized_sync",
+}
 FAMILY_NAMES = tuple(FAMILY_PACKAGES)
 DEFAULT_FAMILY = "musetalk"
 

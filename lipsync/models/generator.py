@@ -121,7 +121,7 @@ class Generator(ABC):
     """A loaded lip-sync model family, ready for inference. See the module docstring for the four steps."""
 
     family: ClassVar[str]
-    face_size: ClassVar[int]  # side of the square crop `prepare` reads and `generate` returns
+    face_size: int  # side of the square crop `prepare` reads and `generate` returns (per class or instance)
     step_frames: ClassVar[int] = 1  # consecutive output frames one generation step spans
     prepare_stages: ClassVar[tuple[Enum, ...]] = ()  # timing stages `prepare` charges, in order
     generate_stages: ClassVar[tuple[Enum, ...]] = ()  # timing stages `generate` charges, in order

@@ -1,12 +1,42 @@
 """Stabilized sync: the talking-face generator of "Audio-driven Talking Face Generation with Stabilized
 Synchronization Loss" (Yaman et al.), with its AVSyncNet expert, silent-lip generator and losses.
 
-Networks, losses and mel features only so far; no `Generator` yet, so the family is not registered in
-`lipsync.models.families`. The facts it implements, and what is left, are in README.md here.
+The module-level functions are what every family offers `lipsync.models.families`. The facts it
+implements, the choices where the paper is silent, and what is left are in README.md here.
 """
 
 from __future__ import annotations
 
-FAMILY = "stabilized-sync"
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["FAMILY"]
+from lipsync.models.stabilized_sync.weights import (
+    DEFAULT_VERSION,
+    FAMILY,
+    VERSIONS,
+    check_weights,
+    recognise,
+    scaffold_weights,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from lipsync.models.generator import Generator
+    from lipsync.models.weights import WeightsReport
+
+__all__ = ["DEFAULT_VERSION", "FAMILY", "VERSIONS", "check", "load", "recognise", "scaffold"]
+
+
+def load(root: Path, version: str, device: torch.device, dtype: torch.dtype) -> Generator:
+    from lipsync.models.stabilized_sync.generator import StabilizedSyncGenerator
+
+    return StabilizedSyncGenerator.from_pretrained(root, device, dtype)
+
+
+def check(root: Path, version: str | None = None) -> WeightsReport:
+    return check_weights(root, version)
+
+
+def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
+    scaffold_weights(root, tiny=tiny, seed=seed)

@@ -206,7 +206,7 @@ def pose_reference(faces: Tensor) -> Tensor:
     return masked
 
 
-class StabilizedSyncGenerator(nn.Module):
+class TalkingFaceGenerator(nn.Module):
     """G_S / G_L: (identity, pose, audio embedding) → face, per frame. Faces (N, 3, S, S) in [−1, 1]."""
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
@@ -258,9 +258,7 @@ class StabilizedSyncGenerator(nn.Module):
         return self.head(x)
 
 
-def generate_frames(
-    generator: StabilizedSyncGenerator, identity: Tensor, pose: Tensor, audio: Tensor
-) -> Tensor:
+def generate_frames(generator: TalkingFaceGenerator, identity: Tensor, pose: Tensor, audio: Tensor) -> Tensor:
     """A step of T consecutive frames: identity, pose (B, T, 3, S, S), audio (B, T, 512) → (B, T, 3, S, S).
 
     The frames are folded into the batch dimension (B·T independent samples) and unfolded after.

@@ -76,18 +76,8 @@ def _hann_window() -> np.ndarray:
     return np.pad(window, (pad, MEL_N_FFT - MEL_WIN - pad))
 
 
-def _stft_magnitude(signal: np.ndarray) -> np.ndarray:
-    """|STFT| (n_fft/2 + 1, 1 + len // hop), frames centred on multiples of the hop (zero padding)."""
-    half = MEL_N_FFT // 2
-    padded = np.pad(signal, (half, half))
-    columns = 1 + len(signal) // MEL_HOP
-    frames = np.lib.stride_tricks.sliding_window_view(padded, MEL_N_FFT)[::MEL_HOP][:columns]
-    spectrum = np.fft.rfft(frames * _hann_window(), axis=1)
-    return np.abs(spectrum).T
-
-
-def syncnet_mel(samples: np.ndarray) -> np.ndarray:
-    """(80, 1 + len // 200) float32 normalised log-mel of 16 kHz mono float samples."""
+def pre_emphasis(samples: np.ndarray) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1] (y[0] = x[0]) of 16 kHz mono float samples, as float64."""
     wav = np.asarray(samples, dtype=np.float64)
     if wav.ndim != 1:
         raise ValueError(f"expected mono samples (N,), got shape {wav.shape}")
@@ -95,10 +85,35 @@ def syncnet_mel(samples: np.ndarray) -> np.ndarray:
     if len(wav):
         emphasised[0] = wav[0]
         emphasised[1:] = wav[1:] - PRE_EMPHASIS * wav[:-1]
-    mel = _mel_basis() @ _stft_magnitude(emphasised)
+    return emphasised
+
+
+def log_mel_columns(frames: np.ndarray) -> np.ndarray:
+    """(80, C) float32 normalised log-mel of C frames of MEL_N_FFT pre-emphasised samples (C, 800)."""
+    magnitude = np.abs(np.fft.rfft(frames * _hann_window(), axis=1)).T
+    mel = _mel_basis() @ magnitude
     db = 20.0 * np.log10(np.maximum(MIN_AMPLITUDE, mel)) - REF_LEVEL_DB
     scaled = 2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
     return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def mel_column_count(samples: int) -> int:
+    """Columns of the mel of `samples` samples: one per hop, the first centred on sample 0."""
+    return 1 + samples // MEL_HOP
+
+
+def syncnet_mel(samples: np.ndarray) -> np.ndarray:
+    """(80, 1 + len // 200) float32 normalised log-mel of 16 kHz mono float samples.
+
+    Column j is the STFT frame centred on sample j·200 (zeros beyond both ends), so it depends only on
+    samples [j·200 − 400, j·200 + 400): a stream can compute it as soon as those have arrived.
+    """
+    emphasised = pre_emphasis(samples)
+    half = MEL_N_FFT // 2
+    padded = np.pad(emphasised, (half, half))
+    columns = mel_column_count(len(emphasised))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, MEL_N_FFT)[::MEL_HOP][:columns]
+    return log_mel_columns(frames)
 
 
 def mel_window(mel: np.ndarray, start_frame: int, frames: int) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""The networks a stabilized-sync generator runs at inference, loaded from a weights folder.
+
+G_L makes each new face from an identity reference, a pose reference and F_A; G_S closes the lips of the
+identity references once per source frame (fed the mel of silence); the frozen AVSyncNet audio encoder
+turns each frame's mel window into F_A.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
+from lipsync.models.stabilized_sync.generator_net import TalkingFaceGenerator
+from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
+from lipsync.models.stabilized_sync.weights import (
+    FAMILY,
+    SCAFFOLD_HINT,
+    FamilyConfig,
+    WeightsLayout,
+    read_config,
+)
+from lipsync.models.weights import is_untrained
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class AudioEncoder(nn.Module):
+    """AVSyncNet's audio branch as the generators read it: (B, 1, 80, 16) mel windows → (B, 512) F_A,
+    non-negative and not normalised (the AVSyncNet embedding before its L2 normalisation)."""
+
+    def __init__(self, out_dim: int) -> None:
+        super().__init__()
+        self.encoder = ResNetSE34(out_dim=out_dim)
+
+    def forward(self, mels: Tensor) -> Tensor:
+        return F.relu(self.encoder(mels))
+
+
+@dataclass
+class StabilizedSyncModels:
+    """G_L, G_S (None when references are used as they are) and the audio encoder, in eval mode."""
+
+    config: FamilyConfig
+    generator: TalkingFaceGenerator
+    silent_generator: TalkingFaceGenerator | None
+    audio_encoder: AudioEncoder
+    device: torch.device
+    dtype: torch.dtype
+    untrained: bool
+
+
+def load_models(
+    root: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    silent_lip_references: bool | None = None,
+) -> StabilizedSyncModels:
+    """Every network of ROOT's stabilized-sync folder, strictly (a missing, extra or misshapen tensor is an
+    error naming it). `silent_lip_references` overrides config.json's choice (False: no G_S is loaded)."""
+    root = Path(root)
+    config = read_config(root)
+    layout = WeightsLayout(root)
+    silent = config.silent_lip_references if silent_lip_references is None else silent_lip_references
+    generator = _load(lambda: TalkingFaceGenerator(config.generator), layout.generator, "G_L", device, dtype)
+    silent_generator = None
+    if silent:
+        silent_generator = _load(
+            lambda: TalkingFaceGenerator(config.generator), layout.silent_generator, "G_S", device, dtype
+        )
+    audio_dim = config.generator.audio_dim
+    audio = _load(lambda: AudioEncoder(audio_dim), layout.audio_encoder, "F_A", device, dtype)
+    return StabilizedSyncModels(
+        config, generator, silent_generator, audio, device, dtype, is_untrained(root, FAMILY)
+    )
+
+
+def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, dtype: torch.dtype) -> M:
+    """A network built on the meta device, its file's tensors assigned strictly, frozen in eval mode.
+    The audio encoder's file holds the ResNetSE-34 alone (as AVSyncNet's `audio_encoder` saves it)."""
+    require_weights_file(path, f"the {FAMILY} {what} weights", path.name, SCAFFOLD_HINT)
+    with torch.device("meta"):
+        network = build()
+    state = read_state_dict(path)
+    if isinstance(network, AudioEncoder):
+        state = {f"encoder.{key}": value for key, value in state.items()}
+    load_strict(network, state, path, dtype)
+    network.requires_grad_(False)
+    return network.to(device).eval()

@@ -1,0 +1,200 @@
+"""The stabilized-sync weights folder: its layout, a cheap check of every file, and untrained scaffolds.
+
+    ROOT/
+      lipsync.json                   which families the folder holds (written by scaffold and export)
+      stabilized-sync/
+        config.json                  face size, generator widths, whether G_S closes the references
+        generator.safetensors        G_L, the talking-face generator
+        silent_generator.safetensors G_S, the silent-lip generator (same architecture)
+        audio_encoder.safetensors    the frozen AVSyncNet audio encoder (ResNetSE-34) that gives F_A
+
+No weights of this family are published: they come from `lipsync train stabilized`, which exports this
+layout, or from `lipsync weights scaffold DIR --model stabilized-sync` (random, for tests).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipsync.errors import WeightsError
+from lipsync.models.scaffold import Noise, random_state_dict
+from lipsync.models.stabilized_sync.generator_net import (
+    PAPER_FACE_SIZE,
+    GeneratorConfig,
+    TalkingFaceGenerator,
+)
+from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
+from lipsync.models.weights import (
+    FileCheck,
+    ModelEntry,
+    WeightsReport,
+    check_weights_file,
+    is_untrained,
+    write_model_entry,
+)
+
+FAMILY = "stabilized-sync"
+VERSIONS: tuple[str, ...] = ("v1",)  # the layout's version; the face size is in config.json
+DEFAULT_VERSION = "v1"
+FAMILY_DIR = "stabilized-sync"
+CONFIG_FILE = "config.json"
+GENERATOR_FILE = "generator.safetensors"
+SILENT_GENERATOR_FILE = "silent_generator.safetensors"
+AUDIO_ENCODER_FILE = "audio_encoder.safetensors"
+CONFIG_FORMAT = "lipsync-stabilized-sync"
+EXPECTED_TREE = f"""\
+  ROOT/
+    {FAMILY_DIR}/   {CONFIG_FILE}, {GENERATOR_FILE}, {SILENT_GENERATOR_FILE}, {AUDIO_ENCODER_FILE}"""
+SOURCES = {
+    FAMILY_DIR: "no released files: train them (lipsync train stabilized, which exports this folder), or "
+    "write untrained ones for tests (lipsync weights scaffold DIR --model stabilized-sync)"
+}
+SCAFFOLD_HINT = (
+    "`lipsync train stabilized --config ...` exports this layout; `lipsync weights scaffold DIR --model "
+    "stabilized-sync [--tiny]` writes untrained random weights in it (for tests only)"
+)
+# BatchNorm buffers a random scaffold must set by hand: random running variances would be negative.
+_BATCHNORM_BUFFERS = {"running_mean": 0.0, "running_var": 1.0}
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """What config.json says: the generator's configuration and how references are made."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    silent_lip_references: bool = True  # G_S closes the lips of each identity reference (paper §3.2)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CONFIG_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FamilyConfig:
+        generator = dict(data["generator"])
+        for name in ("encoder_channels", "decoder_channels"):
+            generator[name] = tuple(generator[name])
+        known = {f.name for f in fields(GeneratorConfig)}
+        unknown = sorted(set(generator) - known)
+        if unknown:
+            raise ValueError(f"unknown generator settings: {', '.join(unknown)}")
+        config = GeneratorConfig(**generator)
+        config.validate()
+        return cls(config, bool(data.get("silent_lip_references", True)))
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    root: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.root / FAMILY_DIR
+
+    @property
+    def config(self) -> Path:
+        return self.folder / CONFIG_FILE
+
+    @property
+    def generator(self) -> Path:
+        return self.folder / GENERATOR_FILE
+
+    @property
+    def silent_generator(self) -> Path:
+        return self.folder / SILENT_GENERATOR_FILE
+
+    @property
+    def audio_encoder(self) -> Path:
+        return self.folder / AUDIO_ENCODER_FILE
+
+
+def read_config(root: Path) -> FamilyConfig:
+    """config.json of the family in ROOT, or WeightsError saying what is wrong and how to fix it."""
+    path = WeightsLayout(Path(root)).config
+    if not path.is_file():
+        raise WeightsError(f"no {FAMILY} weights in {root}: {path} does not exist", SCAFFOLD_HINT)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"its format is {data.get('format')!r}, not {CONFIG_FORMAT!r}")
+        return FamilyConfig.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{path} is not a usable {FAMILY} config ({exc})", SCAFFOLD_HINT) from exc
+
+
+def check_weights(root: Path, version: str | None = None) -> WeightsReport:
+    """Every file of the layout: present, missing or malformed (no full loads)."""
+    root = Path(root)
+    layout = WeightsLayout(root)
+    config = _check_config(layout.config)
+    files = [layout.generator, layout.audio_encoder, layout.silent_generator]
+    checks = (config, *(check_weights_file(path) for path in files))
+    return WeightsReport(
+        root,
+        FAMILY,
+        "stabilized sync",
+        checks,
+        is_untrained(root, FAMILY),
+        SOURCES,
+        EXPECTED_TREE,
+        SCAFFOLD_HINT,
+    )
+
+
+def _check_config(path: Path) -> FileCheck:
+    if not path.is_file():
+        return FileCheck(path, "missing", "")
+    try:
+        read_config(path.parent.parent)
+    except WeightsError as exc:
+        return FileCheck(path, "malformed", exc.problem.split("(", 1)[-1].rstrip(")"))
+    return FileCheck(path, "present", "")
+
+
+def recognise(root: Path) -> bool:
+    """True when ROOT has this family's folder with its config."""
+    return WeightsLayout(Path(root)).config.is_file()
+
+
+def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: int = PAPER_FACE_SIZE) -> None:
+    """Write random weights in the layout, marked untrained: the paper's 96 px configuration at full width,
+    or a `tiny` one for tests. Refuses to write over weights that are not marked untrained."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    layout = WeightsLayout(root)
+    existing = [p for p in (layout.generator, layout.silent_generator, layout.audio_encoder) if p.exists()]
+    if existing and not is_untrained(root, FAMILY):
+        raise WeightsError(
+            f"{root} already holds {FAMILY} weights ({existing[0]}) not marked untrained: "
+            "not overwriting them",
+            "scaffold into an empty folder",
+        )
+    config = FamilyConfig(GeneratorConfig.tiny(face_size) if tiny else GeneratorConfig.for_size(face_size))
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    layout.config.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    noise = Noise(seed)
+    with torch.device("meta"):
+        networks = {
+            layout.generator: TalkingFaceGenerator(config.generator),
+            layout.silent_generator: TalkingFaceGenerator(config.generator),
+            layout.audio_encoder: ResNetSE34(out_dim=config.generator.audio_dim),
+        }
+    for path, network in networks.items():
+        save_file(_random_weights(network, noise), str(path))
+    write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))
+
+
+def _random_weights(network: torch.nn.Module, noise: Noise) -> dict[str, torch.Tensor]:
+    """random_state_dict, with BatchNorm statistics of a fresh network (mean 0, variance 1, no batches)."""
+    state = random_state_dict(network, noise)
+    for name in state:
+        buffer = name.rsplit(".", 1)[-1]
+        if buffer in _BATCHNORM_BUFFERS:
+            state[name].fill_(_BATCHNORM_BUFFERS[buffer])
+        elif buffer == "num_batches_tracked":
+            state[name] = torch.zeros((), dtype=torch.long)
+    return state

@@ -1,6 +1,8 @@
-"""`lipsync train unet|syncnet --config FILE`: train the generator or the SyncNet expert.
+"""`lipsync train unet|syncnet|stabilized --config FILE`: train a generator or a sync expert.
 
-Both run on HuggingFace accelerate: plain `lipsync train ...` uses one device (a GPU when there is one);
+`unet` trains MuseTalk's generator; `syncnet` a SyncNet expert (or, `kind: avsyncnet`, the stabilized-sync
+family's AVSyncNet); `stabilized` the stabilized-sync family's G_S (stage silent) or G_L (stage talking).
+All run on HuggingFace accelerate: plain `lipsync train ...` uses one device (a GPU when there is one);
 `accelerate launch -m lipsync.cli.main train ...` runs the same command on several GPUs or machines.
 """
 
@@ -15,13 +17,18 @@ T = TypeVar("T")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="train the UNet generator or a SyncNet")
+    train = commands.add_parser("train", help="train a generator (UNet, stabilized-sync) or a sync expert")
     train_commands = train.add_subparsers(dest="train_command", required=True)
     unet = train_commands.add_parser(
         "unet", help="train the generator (stage 1: L1 + perceptual; stage 2: + GANs + sync loss)"
     )
-    syncnet = train_commands.add_parser("syncnet", help="train a SyncNet expert for the sync loss")
-    for command in (unet, syncnet):
+    syncnet = train_commands.add_parser(
+        "syncnet", help="train a SyncNet expert for the sync loss (kind avsyncnet: stabilized-sync's AVSyncNet)"
+    )
+    stabilized = train_commands.add_parser(
+        "stabilized", help="train the stabilized-sync generators: G_S (stage silent), then G_L (stage talking)"
+    )
+    for command in (unet, syncnet, stabilized):
         command.add_argument("--config", type=Path, required=True, help="YAML config (see configs/train/)")
         command.add_argument("--output-dir", type=Path, help="override the config's output_dir")
         command.add_argument("--max-steps", type=int, help="override the config's max_steps")
@@ -44,7 +51,20 @@ def _override(config: T, args: argparse.Namespace) -> T:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lipsync.train.config import SyncNetTrainConfig, UNetTrainConfig, load_config
+    from lipsync.train.config import StabilizedTrainConfig, SyncNetTrainConfig, UNetTrainConfig, load_config
+
+    if args.train_command == "stabilized":
+        from lipsync.train.stabilized_trainer import train_stabilized
+
+        stabilized = train_stabilized(
+            _override(load_config(args.config, StabilizedTrainConfig), args), progress=not args.quiet
+        )
+        print(f"trained {stabilized.steps} steps in {stabilized.seconds:.0f} s")
+        for step, l1 in stabilized.validation_l1:
+            print(f"  held-out L1 at step {step}: {l1:.4f}")
+        if stabilized.export_dir is not None:
+            print(f"exported to {stabilized.export_dir} (use: lipsync dub ... --weights {stabilized.export_dir})")
+        return 0
 
     if args.train_command == "unet":
         from lipsync.train.unet_trainer import train_unet
@@ -72,4 +92,6 @@ def run(args: argparse.Namespace) -> int:
         f"  checkpoints: {sync.checkpoint}"
         + (f", best {sync.best_checkpoint}" if sync.best_checkpoint else "")
     )
+    if sync.audio_encoder is not None:
+        print(f"  audio encoder (for a stabilized-sync weights folder): {sync.audio_encoder}")
     return 0

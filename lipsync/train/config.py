@@ -24,6 +24,12 @@ SamplingMethod = Literal["random", "pose_aligned", "mouth_dissimilar", "sis"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 UNetSize = Literal["tiny", "full"]
 SyncNetKind = Literal["wav2lip", "stable"]
+# What `lipsync train syncnet` trains: the two SyncNet kinds above, or the stabilized-sync family's AVSyncNet.
+SyncNetTrainKind = Literal["wav2lip", "stable", "avsyncnet"]
+StabilizedStage = Literal["silent", "talking"]  # G_S or G_L (stabilized-sync family)
+SyncLossKind = Literal["stabilized", "vanilla"]  # L_ss (paper eq. 3) or Wav2Lip's BCE(x, 1)
+SyncExpertKind = Literal["avsyncnet", "wav2lip"]  # which sync expert scores the lips of the sync loss
+TripletKind = Literal["adaptive", "vanilla"]  # L_at (paper eq. 2) or the plain triplet (ablation setup F)
 
 
 class ConfigError(LipsyncError):
@@ -145,7 +151,7 @@ class SyncNetTrainConfig:
     """`lipsync train syncnet --config FILE`."""
 
     output_dir: Path = Path("runs/syncnet")
-    kind: SyncNetKind = "wav2lip"
+    kind: SyncNetTrainKind = "wav2lip"
     init: Path | None = None  # a checkpoint to start from (e.g. LatentSync's latentsync_syncnet.pt)
     width_divisor: int = 1  # >1 narrows every layer: tiny test configs only
     frames: int = 5  # face frames per sample (wav2lip 5, stable 16)
@@ -162,7 +168,54 @@ class SyncNetTrainConfig:
     max_seconds: float | None = None  # stop after this wall time (for short runs)
     seed: int = 41
     mixed_precision: MixedPrecision = "no"
+    # kind avsyncnet: faces are cut with the stabilized-sync crop rule at the generator's face size (the
+    # faces the sync loss will score), then resized to 224 and their lower halves kept.
+    avsync_face_size: int = 96
     data: DataConfig = DataConfig(min_face_size=0)
+
+
+@dataclass(frozen=True)
+class StabilizedLossConfig:
+    """Eq. 5 of the stabilized-sync paper. A weight left out (null) is the paper's for the stage
+    (lipsync.models.stabilized_sync.losses: G_L (1, 10, 1, 2, 0.5); G_S the same with sync = triplet = 0)."""
+
+    gan: float | None = None
+    pixel: float | None = None
+    perceptual: float | None = None
+    sync: float | None = None  # λ3: L_ss, or the vanilla sync loss
+    triplet: float | None = None  # λ4: L_at, or the vanilla triplet loss
+    sync_loss: SyncLossKind = "stabilized"
+    sync_expert: SyncExpertKind = "avsyncnet"
+    wav2lip_syncnet: Path | None = None  # a 5-frame `kind: wav2lip` SyncNet file (sync_expert: wav2lip)
+    triplet_loss: TripletKind = "adaptive"
+    vgg19_weights: Path | None = None  # torchvision's vgg19-dcbb9e9d.pth; None = untrained (tests only)
+    vgg_width_divisor: int = 1  # >1 narrows the VGG: tiny test configs only
+
+
+@dataclass(frozen=True)
+class StabilizedTrainConfig:
+    """`lipsync train stabilized --config FILE`: G_S (stage silent) or G_L (stage talking)."""
+
+    stage: StabilizedStage = "silent"
+    output_dir: Path = Path("runs/stabilized-silent")
+    face_size: int = 96  # paper §3.5: 96 x 96 faces
+    tiny: bool = False  # narrow networks (GeneratorConfig.tiny): tests only
+    avsyncnet: Path | None = None  # `lipsync train syncnet` kind avsyncnet file: its audio encoder gives F_A
+    train_audio_encoder: bool = False  # train F_A's encoder with the generator (ablation setup A)
+    silent_generator: Path | None = None  # stage talking: the silent stage's export folder (G_S)
+    silent_references: bool = True  # stage talking: G_S closes the identity references' lips
+    batch_size: int = 16  # samples of 5 consecutive frames
+    max_steps: int = 200_000
+    lr: float = 1e-4  # paper §3.5 (Adam betas (0.5, 0.999) are fixed)
+    mixed_precision: MixedPrecision = "no"
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 5
+    validate_every: int = 1000
+    validation_samples: int = 4
+    log_every: int = 10
+    seed: int = 41
+    data: DataConfig = DataConfig(min_face_size=0)
+    loss: StabilizedLossConfig = StabilizedLossConfig()
 
 
 # --------------------------------------------------------------------------------------------------

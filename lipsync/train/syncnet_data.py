@@ -10,6 +10,12 @@ Faces are cut from the stored crops exactly as for the UNet (the face box resize
 `lipsync.train.sampling.crop_face`), scaled to [-1, 1] and passed through `prepare_faces` (resize to the
 SyncNet's image size, lower half), so a batch holds model-ready input.
 
+For the stabilized-sync family's AVSyncNet (`kind: avsyncnet`), faces are cut with that family's crop rule
+instead (`lipsync.train.stabilized_data.family_crops` at the generator's face size, then resized to 224
+and halved), passed in as `faces`. Its negatives are audio from a non-overlapping part of the same clip
+(the paper): `negative_min_offset` >= 5 frames, which the trainer checks, makes the two 16-column windows
+disjoint.
+
 Batches are single-identity by default (MuseTalk paper §4.4: every sample of a batch, positives and
 negatives, comes from ONE speaker, so the net cannot score identity instead of timing), or mixed.
 Every batch has as many positives as negatives (one more positive when the size is odd).
@@ -19,16 +25,16 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lipsync.models.syncnet import SyncNetSpec, lower_half
+from lipsync.models.syncnet import lower_half
 from lipsync.train.config import ConfigError, DataConfig
 from lipsync.train.data.format import ClipMeta, DatasetError, PreparedClip, read_clip
 from lipsync.train.data.mel import mel_window
@@ -41,6 +47,19 @@ POSITIVE = 1.0
 NEGATIVE = 0.0
 DEFAULT_CACHE_BYTES = 1 << 30  # prepared face frames kept in memory per process (or DataLoader worker)
 DEFAULT_EVAL_SEED = 1234  # held-out pairs are the same on every evaluation and every run
+
+
+class PairShape(Protocol):
+    """What a pair source needs of a network's spec (SyncNetSpec, AVSyncSpec)."""
+
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+
+FacePreparer = Callable[[PreparedClip], torch.Tensor]  # a clip -> (N, 3, S/2, S) model-ready lower halves
 
 
 @dataclass
@@ -129,7 +148,7 @@ def split_sync_clips(data: DataConfig) -> SyncSplit:
     return split
 
 
-def prepare_clip_faces(clip: PreparedClip, spec: SyncNetSpec) -> torch.Tensor:
+def prepare_clip_faces(clip: PreparedClip, spec: PairShape) -> torch.Tensor:
     """(N, 3, S/2, S): every frame's face box at 256 x 256, then resized to the SyncNet size, lower half."""
     faces = np.stack([crop_face(clip.frames[i], clip.face_boxes[i]) for i in range(clip.frame_count)])
     return lower_half(crops_to_images(faces), spec.image_size)
@@ -141,15 +160,18 @@ class SyncPairSource:
     def __init__(
         self,
         folders: Sequence[Path],
-        spec: SyncNetSpec,
+        spec: PairShape,
         negative_min_offset: int,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        faces: FacePreparer | None = None,
     ) -> None:
+        """`faces` prepares a clip's faces (default: `prepare_clip_faces` with `spec`)."""
         if negative_min_offset < 1:
             raise ConfigError(
                 f"negative_min_offset is {negative_min_offset}", "a negative needs audio at least 1 frame off"
             )
         self.spec = spec
+        self.faces = faces
         self.negative_min_offset = negative_min_offset
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
@@ -199,7 +221,8 @@ class SyncPairSource:
         prepared = read_clip(self.clips[clip].folder, with_whisper=False)
         if len(prepared.face_boxes) != prepared.frame_count:
             raise DatasetError(f"{prepared.root}: face_boxes and frames differ in length", "prepare it again")
-        entry = (prepare_clip_faces(prepared, self.spec), np.asarray(prepared.mel, dtype=np.float32))
+        faces = self.faces(prepared) if self.faces is not None else prepare_clip_faces(prepared, self.spec)
+        entry = (faces, np.asarray(prepared.mel, dtype=np.float32))
         size = entry[0].numel() * entry[0].element_size() + entry[1].nbytes
         self._cache[clip] = entry
         self._cached_bytes += size

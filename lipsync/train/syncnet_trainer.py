@@ -12,6 +12,11 @@ OUTPUT_DIR/
                         same output_dir continues from it
   tensorboard/          TensorBoard event files (train/loss, train/accuracy, val/accuracy, val/auc, ...)
   result.json           the SyncNetTrainResult of the last run
+
+`kind: avsyncnet` trains the stabilized-sync family's AVSyncNet the same way (Adam (0.5, 0.999) as the
+paper; pairs cut with that family's crop rule, negatives from a non-overlapping part of the clip); its
+files are avsyncnet-last.safetensors / avsyncnet-best.safetensors (`load_avsyncnet`) and
+audio_encoder.safetensors, the last weights' ResNetSE-34 as the stabilized-sync weights folder holds it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,8 +47,19 @@ from lipsync.models.syncnet import (
     save_syncnet,
     sync_probability,
 )
+from lipsync.models.stabilized_sync.losses import ADAM_BETAS
+from lipsync.models.stabilized_sync.weights import AUDIO_ENCODER_FILE
 from lipsync.train.config import ConfigError, SyncNetTrainConfig, flat_hparams
 from lipsync.train.losses.sync import sync_bce
+from lipsync.train.stabilized_avsync import (
+    AVSyncSpec,
+    avsync_faces,
+    avsync_spec,
+    build_avsyncnet,
+    load_avsyncnet,
+    save_audio_encoder,
+    save_avsyncnet,
+)
 from lipsync.train.syncnet_data import (
     PairIndex,
     SyncPairSource,
@@ -61,6 +78,9 @@ TRACKER_NAME = "tensorboard"  # event files go to OUTPUT_DIR/tensorboard
 RESULT_FILE = "result.json"
 SYNC_THRESHOLD = 0.5  # a pair is called "in sync" when its sync probability exceeds this
 ADAMW_BETAS = (0.9, 0.999)
+AVSYNC_LAST_CHECKPOINT = "avsyncnet-last.safetensors"
+AVSYNC_BEST_CHECKPOINT = "avsyncnet-best.safetensors"
+PairSpec = SyncNetSpec | AVSyncSpec
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,8 @@ class SyncNetTrainResult:
     best_checkpoint: Path | None
     train_clips: int
     val_clips: int
+    audio_encoder: Path | None = None  # kind avsyncnet: the ResNetSE-34 file a weights folder holds
+    val_loss: float | None = None  # final held-out BCE
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -105,7 +127,9 @@ class TrainProgress:
         self.best_accuracy = float(state["best_accuracy"])
 
 
-def syncnet_spec(config: SyncNetTrainConfig) -> SyncNetSpec:
+def syncnet_spec(config: SyncNetTrainConfig) -> PairSpec:
+    if config.kind == "avsyncnet":
+        return avsync_spec(config)
     spec = SyncNetSpec(config.kind, config.frames, config.image_size, config.width_divisor)
     try:
         spec.validate()
@@ -116,7 +140,7 @@ def syncnet_spec(config: SyncNetTrainConfig) -> SyncNetSpec:
     return spec
 
 
-def validate_syncnet_config(config: SyncNetTrainConfig) -> SyncNetSpec:
+def validate_syncnet_config(config: SyncNetTrainConfig) -> PairSpec:
     """Checks that need no files; returns the network's spec."""
     spec = syncnet_spec(config)
     for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"):
@@ -131,11 +155,27 @@ def validate_syncnet_config(config: SyncNetTrainConfig) -> SyncNetSpec:
     return spec
 
 
-def initial_model(config: SyncNetTrainConfig, spec: SyncNetSpec) -> SyncNet:
-    """A random SyncNet, or the checkpoint `config.init` (which must have the same spec)."""
+def build_model(spec: PairSpec) -> nn.Module:
+    """A randomly initialised network of `spec`."""
+    return build_avsyncnet(spec) if isinstance(spec, AVSyncSpec) else build_syncnet(spec)
+
+
+def save_model(model: nn.Module, spec: PairSpec, path: Path) -> None:
+    if isinstance(spec, AVSyncSpec):
+        save_avsyncnet(model, spec, path)  # type: ignore[arg-type]
+    else:
+        save_syncnet(model, spec, path)  # type: ignore[arg-type]
+
+
+def initial_model(config: SyncNetTrainConfig, spec: PairSpec) -> nn.Module:
+    """A random network, or the checkpoint `config.init` (which must have the same spec)."""
     if config.init is None:
-        return build_syncnet(spec)
-    model, loaded = load_syncnet(config.init, kind=spec.kind)
+        return build_model(spec)
+    loaded: PairSpec
+    if isinstance(spec, AVSyncSpec):
+        model, loaded = load_avsyncnet(config.init)
+    else:
+        model, loaded = load_syncnet(config.init, kind=spec.kind)
     if loaded != spec:
         raise ConfigError(
             f"init checkpoint {config.init} is {loaded}, the config asks for {spec}",
@@ -156,7 +196,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: SyncNet,
+    model: nn.Module,
     source: SyncPairSource,
     pairs: Sequence[PairIndex],
     batch_size: int,
@@ -200,29 +240,33 @@ def train_syncnet(config: SyncNetTrainConfig, progress: bool = True) -> SyncNetT
 
 
 def _train(
-    config: SyncNetTrainConfig, spec: SyncNetSpec, accelerator: Accelerator, progress: bool
+    config: SyncNetTrainConfig, spec: PairSpec, accelerator: Accelerator, progress: bool
 ) -> SyncNetTrainResult:
     output_dir = Path(config.output_dir)
     state_dir = output_dir / STATE_DIR
     set_seed(config.seed + accelerator.process_index)
 
     split = split_sync_clips(config.data)
-    train_source = SyncPairSource(split.train, spec, config.negative_min_offset)
+    faces = avsync_faces(spec) if isinstance(spec, AVSyncSpec) else None
+    train_source = SyncPairSource(split.train, spec, config.negative_min_offset, faces=faces)
     if not train_source.clips:
         raise ConfigError(
             f"no training clip of {config.data.root} is long enough for {spec.frames}-frame pairs with "
             f"negatives {config.negative_min_offset} frames away",
             "prepare longer clips, or lower frames / negative_min_offset",
         )
-    val_source = SyncPairSource(split.val, spec, config.negative_min_offset)
+    val_source = SyncPairSource(split.val, spec, config.negative_min_offset, faces=faces)
     held_out = eval_pairs(val_source, config.eval_pairs)
     if not held_out and accelerator.is_main_process:
         log.warning("no held-out clips: set data.val_clips / val_speakers / val_fraction to measure accuracy")
 
     resuming = (state_dir / "model.safetensors").is_file() or (state_dir / "pytorch_model.bin").is_file()
-    model = build_syncnet(spec) if resuming else initial_model(config, spec)
+    model = build_model(spec) if resuming else initial_model(config, spec)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=ADAMW_BETAS)
+    if isinstance(spec, AVSyncSpec):  # paper §3.5: Adam (0.5, 0.999) for every model
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=ADAMW_BETAS)
     model, optimizer = accelerator.prepare(model, optimizer)
     counters = TrainProgress()
     accelerator.register_for_checkpointing(counters)
@@ -248,8 +292,11 @@ def _train(
     )
     if accelerator.is_main_process:
         accelerator.init_trackers(TRACKER_NAME, config=flat_hparams(config))
-    unwrapped: SyncNet = accelerator.unwrap_model(model)
-    last_path, best_path = output_dir / LAST_CHECKPOINT, output_dir / BEST_CHECKPOINT
+    unwrapped: nn.Module = accelerator.unwrap_model(model)
+    avsync = isinstance(spec, AVSyncSpec)
+    last_path = output_dir / (AVSYNC_LAST_CHECKPOINT if avsync else LAST_CHECKPOINT)
+    best_path = output_dir / (AVSYNC_BEST_CHECKPOINT if avsync else BEST_CHECKPOINT)
+    audio_path = output_dir / AUDIO_ENCODER_FILE if avsync else None
 
     def run_eval(step: int) -> EvalResult | None:
         if not held_out or not accelerator.is_main_process:
@@ -260,14 +307,16 @@ def _train(
         )
         if result.accuracy > counters.best_accuracy:
             counters.best_accuracy = result.accuracy
-            save_syncnet(unwrapped, spec, best_path)
+            save_model(unwrapped, spec, best_path)
         return result
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(state_dir))
         if accelerator.is_main_process:
-            save_syncnet(unwrapped, spec, last_path)
+            save_model(unwrapped, spec, last_path)
+            if audio_path is not None:
+                save_audio_encoder(unwrapped.audio_encoder, audio_path)
 
     samples_per_step = config.batch_size * accelerator.num_processes
     bar = tqdm(
@@ -348,6 +397,8 @@ def _train(
         best_checkpoint=best_path if best_path.is_file() else None,
         train_clips=len(train_source),
         val_clips=len(val_source),
+        audio_encoder=audio_path,
+        val_loss=last_eval.loss if last_eval else None,
     )
     if accelerator.is_main_process:
         (output_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,90 @@
+"""Checks of a `lipsync train stabilized` config, and the loss weights it resolves to."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lipsync.models.stabilized_sync.generator_net import FACE_SIZES
+from lipsync.models.stabilized_sync.losses import SILENT_LIP_WEIGHTS, TALKING_FACE_WEIGHTS, LossWeights
+from lipsync.train.config import ConfigError, StabilizedTrainConfig
+
+POSITIVE_FIELDS = (
+    "batch_size",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "validate_every",
+    "validation_samples",
+    "log_every",
+)
+WEIGHT_FIELDS = ("gan", "pixel", "perceptual", "sync", "triplet")
+
+
+def loss_weights(config: StabilizedTrainConfig) -> LossWeights:
+    """Eq. 5's weights: the stage's paper values (G_L, or G_S with λ3 = λ4 = 0), each replaced by the
+    config's `loss.<name>` where given."""
+    base = TALKING_FACE_WEIGHTS if config.stage == "talking" else SILENT_LIP_WEIGHTS
+    loss = config.loss
+    given = {
+        "gan": loss.gan,
+        "pixel": loss.pixel,
+        "perceptual": loss.perceptual,
+        "stabilized_sync": loss.sync,
+        "triplet": loss.triplet,
+    }
+    return replace(base, **{name: value for name, value in given.items() if value is not None})
+
+
+def needs_sync_expert(config: StabilizedTrainConfig) -> bool:
+    return config.stage == "talking" and loss_weights(config).stabilized_sync > 0
+
+
+def needs_avsyncnet(config: StabilizedTrainConfig) -> bool:
+    """F_A comes from the AVSyncNet audio encoder unless it is trained from scratch; the sync loss scores
+    with AVSyncNet unless Wav2Lip's SyncNet is asked for."""
+    scoring = needs_sync_expert(config) and config.loss.sync_expert == "avsyncnet"
+    return not config.train_audio_encoder or scoring
+
+
+def validate_stabilized_config(config: StabilizedTrainConfig) -> LossWeights:
+    """Every check that needs no file; returns the loss weights. ConfigError names the field."""
+    if config.face_size not in FACE_SIZES:
+        raise ConfigError(f"face_size is {config.face_size}", f"use one of {FACE_SIZES} (the paper: 96)")
+    for name in POSITIVE_FIELDS:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} is {getattr(config, name)}", f"give {name} >= 1")
+    if config.lr <= 0:
+        raise ConfigError(f"lr is {config.lr}", "give a positive learning rate (the paper: 1e-4)")
+    for name in WEIGHT_FIELDS:
+        value = getattr(config.loss, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"loss.{name} is {value}", f"give loss.{name} >= 0, or leave it out")
+    if config.loss.vgg_width_divisor < 1:
+        raise ConfigError(f"loss.vgg_width_divisor is {config.loss.vgg_width_divisor}", "give 1 or more")
+    if config.stage == "silent":
+        for name in ("sync", "triplet"):
+            if getattr(config.loss, name):
+                raise ConfigError(
+                    f"loss.{name} is {getattr(config.loss, name)} for stage silent",
+                    f"G_S trains without sync or triplet loss (paper §3.2, λ3 = λ4 = 0): drop loss.{name}",
+                )
+        if config.silent_generator is not None:
+            raise ConfigError(
+                "silent_generator is set for stage silent", "silent_generator is G_S for stage talking: drop it"
+            )
+    elif config.silent_references and config.silent_generator is None:
+        raise ConfigError(
+            "silent_generator is missing for stage talking with silent_references",
+            "give the silent stage's export folder (runs/stabilized-silent/export), or silent_references: false",
+        )
+    if needs_avsyncnet(config) and config.avsyncnet is None:
+        raise ConfigError(
+            "avsyncnet is missing",
+            "give an AVSyncNet file (lipsync train syncnet with kind avsyncnet writes avsyncnet-best.safetensors)",
+        )
+    if needs_sync_expert(config) and config.loss.sync_expert == "wav2lip" and config.loss.wav2lip_syncnet is None:
+        raise ConfigError(
+            "loss.wav2lip_syncnet is missing for loss.sync_expert wav2lip",
+            "give a 5-frame `kind: wav2lip` SyncNet file (lipsync train syncnet --config configs/train/syncnet.yaml)",
+        )
+    return loss_weights(config)

@@ -1,0 +1,337 @@
+"""`lipsync train stabilized`: the stabilized-sync generators G_S (stage silent) and G_L (stage talking).
+
+One trainer on HuggingFace accelerate (one CPU or GPU; `accelerate launch` for several). Per step, on 5
+consecutive frames of B clips (`stabilized_data.py`): F_A from the frozen AVSyncNet audio encoder (or one
+trained with the generator), the identity references (stage talking: first closed by the frozen G_S fed
+silence, unless turned off), the pose references (targets with the lower half masked); the generator makes
+the faces, eq. 5's losses (`stabilized_losses.py`) update it with Adam (0.5, 0.999), then the discriminator
+takes its step on the same faces.
+
+OUTPUT_DIR/
+  checkpoints/step-N/   full state (networks, optimisers, RNGs) and trainer.json: a rerun resumes from it
+  export/               a stabilized-sync weights folder (`lipsync dub --weights OUTPUT_DIR/export`)
+  validation/step-N.png per held-out sample (middle frame): identity reference as G sees it, pose reference,
+                        generated, ground truth
+  logs/                 TensorBoard; metrics.jsonl: every logged value, one JSON line each
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lipsync.models.stabilized_sync.generator_net import (
+    FaceDiscriminator,
+    GeneratorConfig,
+    TalkingFaceGenerator,
+    generate_frames,
+    pose_reference,
+)
+from lipsync.models.stabilized_sync.losses import ADAM_BETAS, discriminator_adversarial_loss
+from lipsync.models.stabilized_sync.mel import silent_mel_window
+from lipsync.models.stabilized_sync.networks import AudioEncoder, load_models
+from lipsync.models.stabilized_sync.weights import FamilyConfig
+from lipsync.train.config import ConfigError, StabilizedTrainConfig, flat_hparams, to_dict
+from lipsync.train.stabilized_avsync import load_avsyncnet
+from lipsync.train.stabilized_config import needs_sync_expert, validate_stabilized_config
+from lipsync.train.stabilized_data import StabilizedBatch, StabilizedClips, StabilizedStream, fixed_batch
+from lipsync.train.stabilized_export import TRAINED_BY, export_stabilized
+from lipsync.train.stabilized_losses import GeneratorLosses, SyncExpert
+from lipsync.train.syncnet_data import identity_collate
+from lipsync.train.unet_data import split_clips
+from lipsync.train.validation import save_strip
+
+log = logging.getLogger(__name__)
+
+# The UNet trainer's output layout (not imported from it: that module loads diffusers, seconds at import).
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "trainer.json"
+EXPORT_DIR = "export"
+VALIDATION_DIR = "validation"
+LOGS_DIR = "logs"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_PROJECT = "stabilized"
+STRIP_FRAME = 2  # the middle one of the 5 frames goes into the validation strips
+
+
+@dataclass
+class StabilizedTrainResult:
+    steps: int
+    start_step: int
+    seconds: float
+    samples_per_second: float  # 5-frame samples over all processes
+    validation_l1: list[tuple[int, float]] = field(default_factory=list)  # held-out L1 per validation
+    export_dir: Path | None = None
+
+
+class StabilizedTrainer:
+    """The networks, optimisers and data of one run; `run()` trains to max_steps."""
+
+    def __init__(self, config: StabilizedTrainConfig, progress: bool = True) -> None:
+        self.weights = validate_stabilized_config(config)
+        self.config = config
+        self.progress = progress
+        out = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS_DIR)),
+        )
+        set_seed(config.seed, device_specific=True)
+        self.device = self.accelerator.device
+        net = GeneratorConfig.tiny(config.face_size) if config.tiny else GeneratorConfig.for_size(config.face_size)
+        self.net_config = net
+        generator, discriminator = TalkingFaceGenerator(net), FaceDiscriminator(net)
+
+        avsyncnet = load_avsyncnet(config.avsyncnet)[0] if config.avsyncnet is not None else None
+        audio = AudioEncoder(net.audio_dim)
+        if avsyncnet is not None:
+            audio.encoder.load_state_dict(avsyncnet.audio_encoder.state_dict())
+        audio.requires_grad_(config.train_audio_encoder).train(config.train_audio_encoder)
+        expert = None
+        if needs_sync_expert(config):
+            wav2lip = config.loss.sync_expert == "wav2lip" and config.loss.wav2lip_syncnet is not None
+            expert = SyncExpert.wav2lip(config.loss.wav2lip_syncnet) if wav2lip else SyncExpert(avsyncnet)
+        self.losses = GeneratorLosses(config, self.weights, expert).to(self.device)
+        self.silent, self.silent_audio = self._silent_generator()
+
+        train_clips, val_clips = split_clips(Path(config.data.root), config.data)
+        if not train_clips:
+            raise ConfigError(
+                f"no training clips in {config.data.root} after the validation split",
+                "prepare more data, or hold out fewer clips (data.val_*)",
+            )
+        self.train_clips = StabilizedClips(train_clips, config.face_size)
+        self.val_clips = StabilizedClips(val_clips or train_clips[:1], config.face_size)
+
+        trained = [*generator.parameters(), *(audio.parameters() if config.train_audio_encoder else [])]
+        optimizer = torch.optim.Adam(trained, lr=config.lr, betas=ADAM_BETAS)
+        d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=ADAM_BETAS)
+        self.generator, self.discriminator, self.optimizer, self.d_optimizer = self.accelerator.prepare(
+            generator, discriminator, optimizer, d_optimizer
+        )
+        if config.train_audio_encoder:
+            self.audio = self.accelerator.prepare(audio)
+        else:
+            self.audio = audio.to(self.device).eval()
+        self.step = self._resume()
+        self.start_step = self.step
+        stream = StabilizedStream(
+            self.train_clips, config.batch_size, config.seed * 1_000_003 + self.step, self.accelerator.process_index
+        )
+        self.loader: DataLoader[Any] = DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=identity_collate,
+            num_workers=config.data.num_workers,
+            persistent_workers=config.data.num_workers > 0,
+        )
+        self.validation_batch = fixed_batch(self.val_clips, config.validation_samples, config.seed)
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    def _silent_generator(self) -> tuple[TalkingFaceGenerator | None, Tensor | None]:
+        """Stage talking: the frozen G_S of the silent stage's export and its F_A of silence."""
+        config = self.config
+        if config.stage != "talking" or config.silent_generator is None:
+            return None, None
+        models = load_models(Path(config.silent_generator), self.device, torch.float32, silent_lip_references=True)
+        if models.config.generator != self.net_config:
+            raise ConfigError(
+                f"silent_generator {config.silent_generator} holds a G_S of {models.config.generator}, this run "
+                f"trains {self.net_config}",
+                "set face_size / tiny to the silent stage's, or train G_S with them",
+            )
+        assert models.silent_generator is not None
+        with torch.no_grad():
+            mels = torch.from_numpy(silent_mel_window()[None]).to(self.device)
+            silent_audio = models.audio_encoder(mels)
+        return models.silent_generator, silent_audio
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.config.output_dir) / CHECKPOINTS_DIR
+
+    def _resume(self) -> int:
+        done = sorted(p for p in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+        if not done:
+            return 0
+        self.accelerator.load_state(str(done[-1]))
+        step = int(json.loads((done[-1] / STATE_FILE).read_text(encoding="utf-8"))["step"])
+        log.info("resuming from %s (step %d)", done[-1], step)
+        return step
+
+    def save_checkpoint(self) -> Path:
+        path = self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            state = {"step": self.step, "config": to_dict(self.config)}
+            (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            done = sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+            for old in done[: max(0, len(done) - self.config.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.export()
+        return path
+
+    def export(self) -> Path:
+        """OUTPUT_DIR/export: G_L (stage silent: G_S, which then also fills the G_S slot), G_S and the audio
+        encoder this run used."""
+        config = self.config
+        generator = self.accelerator.unwrap_model(self.generator)
+        talking = config.stage == "talking"
+        silent = self.silent if talking and self.silent is not None else generator
+        audio = self.accelerator.unwrap_model(self.audio)
+        family = FamilyConfig(self.net_config, silent_lip_references=talking and self.silent is not None)
+        loss = config.loss
+        info = {
+            "trained_by": TRAINED_BY,
+            "stage": config.stage,
+            "steps": self.step,
+            "face_size": config.face_size,
+            "silent_references": family.silent_lip_references,
+            "train_audio_encoder": config.train_audio_encoder,
+            "sync_loss": loss.sync_loss if needs_sync_expert(config) else None,
+            "sync_expert": loss.sync_expert if needs_sync_expert(config) else None,
+            "triplet_loss": loss.triplet_loss if self.weights.triplet > 0 else None,
+            "avsyncnet": str(config.avsyncnet) if config.avsyncnet else None,
+        }
+        size = "tiny" if config.tiny else "full"
+        out = Path(config.output_dir) / EXPORT_DIR
+        return export_stabilized(out, family, generator, silent, audio.encoder, size, info)
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def _generate(self, batch: StabilizedBatch) -> tuple[Tensor, Tensor]:
+        """(generated faces, identity references as the generator saw them), both (B, 5, 3, S, S)."""
+        frames = batch.mels.shape[:2]
+        with torch.set_grad_enabled(self.config.train_audio_encoder and torch.is_grad_enabled()):
+            audio = self.audio(batch.mels.flatten(0, 1)).unflatten(0, frames)
+        identity = batch.identity
+        if self.silent is not None and self.silent_audio is not None:
+            with torch.no_grad():
+                silence = self.silent_audio.expand(*frames, -1)
+                identity = generate_frames(self.silent, identity, pose_reference(identity), silence)
+        generated = generate_frames(self.generator, identity, pose_reference(batch.target), audio)
+        return generated, identity
+
+    def train_step(self, batch: StabilizedBatch) -> dict[str, float]:
+        batch = batch.to(self.device)
+        with self.accelerator.autocast():
+            generated, identity = self._generate(batch)
+            fake_logits = self.discriminator(generated.flatten(0, 1))
+            terms = self.losses(generated, batch.target, identity, batch.sync_mels, fake_logits)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(terms.total)
+        self.optimizer.step()
+        with self.accelerator.autocast():
+            real = self.discriminator(batch.target.flatten(0, 1))
+            fake = self.discriminator(generated.detach().flatten(0, 1))
+            d_loss = discriminator_adversarial_loss(real, fake)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(d_loss)
+        self.d_optimizer.step()
+        return terms.scalars() | {"loss/discriminator": float(d_loss.detach())}
+
+    # --- validation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """L1 of generated against ground-truth faces on the fixed held-out samples; writes a strip."""
+        self.generator.eval()
+        batch = self.validation_batch.to(self.device)
+        with self.accelerator.autocast():
+            generated, identity = self._generate(batch)
+        l1 = float((generated.float() - batch.target).abs().mean())
+        self.generator.train()
+        if self.accelerator.is_main_process:
+            columns = [identity, pose_reference(batch.target), generated, batch.target]
+            path = Path(self.config.output_dir) / VALIDATION_DIR / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"
+            strip = save_strip([c[:, STRIP_FRAME].float().cpu() for c in columns], path)
+            tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            tracker.add_image("validation", strip, self.step, dataformats="HWC")
+            self._log({"validation/l1": l1})
+        return l1
+
+    def _log(self, values: dict[str, float]) -> None:
+        self.accelerator.log(values, step=self.step)
+        if self.accelerator.is_main_process:
+            with open(Path(self.config.output_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **values}) + "\n")
+
+    # --- loop -------------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[StabilizedBatch]:
+        while True:
+            yield from self.loader
+
+    def run(self) -> StabilizedTrainResult:
+        config = self.config
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers(TENSORBOARD_PROJECT, config=flat_hparams(config))
+        history: list[tuple[int, float]] = []
+        if self.step < config.max_steps and (self.step == 0 or self.step % config.validate_every):
+            history.append((self.step, self.validate()))
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc=f"stabilized {config.stage}",
+            unit="step",
+            disable=not (self.progress and self.accelerator.is_main_process),
+        )
+        samples, started = 0, time.perf_counter()
+        batches = self._batches()
+        while self.step < config.max_steps:
+            logs = self.train_step(next(batches))
+            samples += config.batch_size * self.accelerator.num_processes
+            self.step += 1
+            bar.update(1)
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                logs["samples_per_second"] = samples / (time.perf_counter() - started)
+                self._log(logs)
+                bar.set_postfix(l1=f"{logs['loss/pixel']:.4f}")
+            if self.step % config.validate_every == 0 or self.step == config.max_steps:
+                history.append((self.step, self.validate()))
+            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        seconds = time.perf_counter() - started
+        self.accelerator.end_training()
+        export_dir = Path(config.output_dir) / EXPORT_DIR
+        return StabilizedTrainResult(
+            steps=self.step,
+            start_step=self.start_step,
+            seconds=seconds,
+            samples_per_second=samples / seconds if seconds > 0 else math.nan,
+            validation_l1=history,
+            export_dir=export_dir if export_dir.is_dir() else None,
+        )
+
+
+def train_stabilized(config: StabilizedTrainConfig, progress: bool = True) -> StabilizedTrainResult:
+    """Train (or resume) G_S or G_L as `config` says; see the module doc for the outputs."""
+    try:
+        return StabilizedTrainer(config, progress).run()
+    finally:
+        # accelerate keeps its settings process-wide; forget them so a later run in this process may
+        # choose another mixed precision (as the SyncNet trainer does).
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()

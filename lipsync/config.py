@@ -88,9 +88,10 @@ def audio_tokens(audio_window: int) -> int:
     return audio_window_frames(audio_window) * WHISPER_HIDDEN_LAYERS
 
 
-def default_extra_margin(version: ModelVersion) -> int:
-    """Px added below the chin when the user gives none: v1.5 was trained with it, v1 without."""
-    return DEFAULT_EXTRA_MARGIN_V15 if version == "v15" else 0
+def default_extra_margin(version: str | None) -> int:
+    """Px added below the chin when the user gives none: MuseTalk v1.5 (the default) was trained with it,
+    v1 without."""
+    return 0 if version == "v1" else DEFAULT_EXTRA_MARGIN_V15
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class DubSettings:
     """Everything `lipsync dub` needs besides the input and output paths."""
 
     model: str | None = None  # model family; None: the one the weights folder holds
-    version: ModelVersion = "v15"  # MuseTalk weights: v15 (1.5) or v1 (1.0)
+    version: str | None = None  # the weights' version (MuseTalk: v15 or v1); None: the folder's, else v15
     face: FaceSettings = FaceSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     silence: SilenceMode = "keep"  # keep: the source mouth where the speech is silent; generate: always new

@@ -93,9 +93,11 @@ def tiny_avatars(tiny_generator: Generator, tmp_path_factory: pytest.TempPathFac
     return root, "talk_c"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless Chromium for every browser test (a persistent context: downloads allowed)."""
+    """A headless Chromium for a module's browser tests (a persistent context: downloads allowed). Module
+    scope: Playwright's sync API holds an event loop in the main thread while it runs, and later tests that
+    start their own (asyncio.run) must not find one."""
     required = f"{REQUIRE_BROWSER_ENV}=1 requires the browser tests to run"
     if not CHROMIUM.exists():
         pytest.fail(f"{MISSING_BROWSER}, and {required}")

@@ -435,3 +435,19 @@ def test_weights_optimiser_and_perceptual_settings() -> None:
         perceptual = PerceptualLoss(replace(config, width_divisor=16))
     faces = torch.rand(2, 3, 96, 96) * 2 - 1
     assert perceptual(faces, faces).item() == 0.0
+
+
+def test_the_96_and_128_px_configurations_fit_a_real_time_budget_on_the_cpu() -> None:
+    """Two CPU cores stream 25 fps only if a frame costs about 1.5 GFLOP at most (the README's widths)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def gflop(config: GeneratorConfig) -> float:
+        generator = TalkingFaceGenerator(config).eval()
+        faces = torch.zeros(1, 3, config.face_size, config.face_size)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            generator(faces, faces, torch.zeros(1, config.audio_dim))
+        return counter.get_total_flops() / 1e9
+
+    assert gflop(GeneratorConfig.for_size(96)) < 1.1
+    assert gflop(GeneratorConfig.for_size(128)) < 1.5
+    assert gflop(GeneratorConfig.wide(96)) > 8  # Wav2Lip's widths, for GPUs

@@ -18,7 +18,6 @@ from lipsync.config import (
     DtypeChoice,
     DubSettings,
     FaceSettings,
-    ModelVersion,
     RuntimeSettings,
     SilenceMode,
     default_avatars_dir,
@@ -67,9 +66,9 @@ def add_model_options(parser: argparse.ArgumentParser, batch: bool = True) -> No
     parser.add_argument(
         "--version",
         dest="model_version",
-        choices=get_args(ModelVersion),
         default=DUB.version,
-        help=f"MuseTalk weights version (default {DUB.version})",
+        help="weights version: MuseTalk v15 or v1 (default: what the folder's lipsync.json says, else "
+        "the family's default, v15 for MuseTalk)",
     )
     parser.add_argument("--device", choices=get_args(DeviceChoice), default=RUNTIME.device)
     parser.add_argument(

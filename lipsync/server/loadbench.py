@@ -622,6 +622,8 @@ def run_loadbench(
             "no server to benchmark", "pass --url of a running server, or --weights and --avatars"
         )
     if progress is not None:
-        progress(f"starting a server here: {local.weights} ({local.dub.version}), avatars in {local.avatars}")
+        chosen = " ".join(filter(None, (local.dub.model, local.dub.version)))
+        weights = f"{local.weights} ({chosen})" if chosen else str(local.weights)
+        progress(f"starting a server here: {weights}, avatars in {local.avatars}")
     with local_server(local, max(settings.sessions)) as local_url:
         return run_against(local_url, avatar, local.token, audio, settings, progress)

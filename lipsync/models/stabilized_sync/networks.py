@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
+from lipsync.models.device import image_memory_format
 from lipsync.models.stabilized_sync.generator_net import TalkingFaceGenerator
 from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
 from lipsync.models.stabilized_sync.weights import (
@@ -92,4 +93,4 @@ def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, d
         state = {f"encoder.{key}": value for key, value in state.items()}
     load_strict(network, state, path, dtype)
     network.requires_grad_(False)
-    return network.to(device).eval()
+    return network.to(device).to(memory_format=image_memory_format(device)).eval()

@@ -93,4 +93,6 @@ def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, d
         state = {f"encoder.{key}": value for key, value in state.items()}
     load_strict(network, state, path, dtype)
     network.requires_grad_(False)
-    return network.to(device).to(memory_format=image_memory_format(device)).eval()
+    network.to(device)
+    nn.Module.to(network, memory_format=image_memory_format(device))  # type: ignore[call-overload]
+    return network.eval()

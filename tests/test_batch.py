@@ -327,9 +327,10 @@ def test_accelerate_launch_shares_the_tasks_and_writes_one_report(
         "- {video: clips/b.mp4, audio: speech/short.wav, output: out/3.mp4}\n"
         "- {video: clips/c.mp4, audio: speech/short.wav, output: out/4.mp4}\n"
     )
+    # As a user writes it. Without GPUs accelerate itself starts one process; dub-batch sees the 2 asked
+    # of it and starts them with torch's launcher (with --multi_gpu accelerate starts both itself).
     accelerate = Path(sys.executable).with_name("accelerate")
-    launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lipsync.cli.main"]
+    launch = [str(accelerate), "launch", "--num_processes", "2", "-m", "lipsync.cli.main"]
     batch = [
         "dub-batch",
         str(tasks_file),
@@ -358,6 +359,23 @@ def test_accelerate_launch_shares_the_tasks_and_writes_one_report(
     assert sorted(path.name for path in folder.iterdir() if path.suffix == ".json") == [
         "tasks.yaml.report.json"
     ]
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "asked"),
+    [
+        (["/venv/bin/accelerate", "launch", "--num_processes", "2", "-m", "lipsync.cli.main"], 2),
+        (["python", "-m", "accelerate.commands.launch", "--num-processes=3", "x.py"], 3),
+        (["/venv/bin/accelerate", "launch", "-m", "lipsync.cli.main", "dub-batch", "t.yaml"], 1),
+        (["bash", "-c", "lipsync dub-batch --num_processes 4"], 1),  # not accelerate's launcher
+    ],
+)
+def test_the_processes_asked_of_accelerate_are_read_from_its_command_line(
+    cmdline: list[str], asked: int
+) -> None:
+    from lipsync.cli.batch_cmd import processes_asked_of_accelerate
+
+    assert processes_asked_of_accelerate(cmdline) == asked
 
 
 def test_ctrl_c_stops_the_command_without_a_report(

@@ -8,6 +8,7 @@ processes share the tasks and the main one writes one report. The format is in d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     report_path = args.report if args.report is not None else default_report_path(args.tasks)
     tasks = load_tasks(args.tasks, report=report_path)  # every problem of the file, before the model load
+    asked = processes_asked_of_accelerate()
+    if asked > 1 and not _in_process_group():
+        return _start_processes(asked)
     share = ProcessShare.from_environment(settings.runtime.device)
 
     def load() -> DubPipeline:  # once, when a task first needs it: a finished batch loads nothing
@@ -118,3 +122,63 @@ def _leave_process_group(share: ProcessShare) -> None:
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+# --- accelerate launch on a machine without GPUs ------------------------------------------------------
+
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+NUM_PROCESSES_FLAGS = ("--num_processes", "--num-processes")
+
+
+def processes_asked_of_accelerate(cmdline: list[str] | None = None) -> int:
+    """The --num_processes of the `accelerate launch` that started this process, or 1.
+
+    On a machine without GPUs, accelerate's launcher starts several processes only through mpirun (or with
+    --multi_gpu): `accelerate launch --num_processes 2` starts one. Reading what was asked lets dub-batch
+    start the processes itself, so the command works as written."""
+    if cmdline is None:
+        try:
+            raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+        except OSError:
+            return 1
+        cmdline = [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+    launcher = any(part.endswith("accelerate.commands.launch") for part in cmdline) or (
+        "launch" in cmdline and any(Path(part).name == "accelerate" for part in cmdline)
+    )
+    if not launcher:
+        return 1
+    for index, part in enumerate(cmdline):
+        for flag in NUM_PROCESSES_FLAGS:
+            value = part.split("=", 1)[1] if part.startswith(flag + "=") else None
+            if part == flag and index + 1 < len(cmdline):
+                value = cmdline[index + 1]
+            if value is not None and value.isdigit():
+                return int(value)
+    return 1
+
+
+def _in_process_group() -> bool:
+    return any(int(os.environ.get(name, "1") or "1") > 1 for name in WORLD_SIZE_VARIABLES)
+
+
+def _start_processes(count: int) -> int:
+    """Run this same command in `count` processes with torch's launcher (gloo on the CPU); its exit code."""
+    import subprocess
+
+    print(
+        f"accelerate started one process for --num_processes {count} (without GPUs it starts several only "
+        f"through mpirun); starting {count} here with torch.distributed.run",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={count}",
+        "-m",
+        "lipsync.cli.main",
+        *sys.argv[1:],
+    ]
+    return subprocess.run(command, check=False).returncode

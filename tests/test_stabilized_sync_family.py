@@ -214,3 +214,15 @@ def test_without_g_s_the_references_are_the_crops(weights: Path, clip: Path, tmp
     prepare_avatar(plain, store, "plain", clip, GENERATE, show_bar=False)
     avatar = store.load("plain")
     assert np.array_equal(avatar.frame_arrays[IDENTITY], avatar.frame_arrays["face"])
+
+
+def test_the_face_size_configuration_is_chosen_at_scaffold_and_read_at_load(tmp_path: Path) -> None:
+    from lipsync.cli.main import main
+
+    assert main(["weights", "scaffold", str(tmp_path / "w"), "--model", "stabilized-sync", "--tiny",
+                 "--face-size", "128"]) == 0  # fmt: skip
+    loaded = load_generator(tmp_path / "w", device="cpu", dtype="fp32")
+    assert loaded.face_size == 128 and loaded.frame_arrays()[IDENTITY].shape == (128, 128, 3)
+    with pytest.raises(WeightsError, match="no 100 px configuration"):
+        scaffold(tmp_path / "other", tiny=True, face_size=100)
+    assert not (tmp_path / "other").exists()  # refused before anything was written

@@ -130,7 +130,7 @@ def check(root: Path, version: str | None = None) -> WeightsReport:
     return WeightsReport(Path(root), FAMILY, "toy", (file,), is_untrained(root, FAMILY))
 
 
-def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
+def scaffold(root: Path, tiny: bool = False, seed: int = 0, face_size: int | None = None) -> None:
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny", untrained=True))
 
 

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     scaffold.add_argument("dir", type=Path)
     scaffold.add_argument("--tiny", action="store_true", help="tiny models for tests and CI")
     scaffold.add_argument(
+        "--face-size",
+        type=int,
+        help="the size configuration, where the family has several (stabilized-sync: 96, 128 or 256 px; "
+        "default 96)",
+    )
+    scaffold.add_argument(
         "--model",
         choices=FAMILY_NAMES,
         default=DEFAULT_FAMILY,
@@ -195,7 +201,7 @@ def run_weights(args: argparse.Namespace) -> int:
         reports = [family(name).check(args.dir, args.model_version) for name in names]
         print("\n".join(report.format() for report in reports))
         return 0 if all(report.ok for report in reports) else 1
-    family(args.model).scaffold(args.dir, tiny=args.tiny)
+    family(args.model).scaffold(args.dir, tiny=args.tiny, face_size=args.face_size)
     size = "tiny" if args.tiny else "full-size"
     print(
         f"wrote {size} UNTRAINED {args.model} weights to {args.dir} "

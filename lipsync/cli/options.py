@@ -45,6 +45,7 @@ FLAGS = {
     "silence": "--silence",
     "image_fps": "--image-fps",
     "audio_features": "--audio-features",
+    "face_size": "--face-size",
 }
 
 

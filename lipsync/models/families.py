@@ -39,7 +39,9 @@ class Family(Protocol):
 
     def check(self, root: Path, version: str | None = None) -> WeightsReport: ...
 
-    def scaffold(self, root: Path, tiny: bool = False, seed: int = 0) -> None: ...
+    def scaffold(self, root: Path, tiny: bool = False, seed: int = 0, face_size: int | None = None) -> None:
+        """Random weights in the family's layout; `face_size` picks a size configuration where the family
+        has several (None: its default), and a WeightsError says which sizes it has otherwise."""
 
     def recognise(self, root: Path) -> bool: ...
 

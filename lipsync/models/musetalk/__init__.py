@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lipsync.config import FACE_SIZE
+from lipsync.errors import WeightsError
 from lipsync.models.musetalk.weights import (
     ALL_VERSIONS,
     FAMILY,
@@ -41,7 +43,11 @@ def check(root: Path, version: str | None = None) -> WeightsReport:
     return check_weights(root, version)  # type: ignore[arg-type]
 
 
-def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
+def scaffold(root: Path, tiny: bool = False, seed: int = 0, face_size: int | None = None) -> None:
+    if face_size not in (None, FACE_SIZE):
+        raise WeightsError(
+            f"MuseTalk works on {FACE_SIZE} px faces only, not {face_size}", "leave out `face_size`"
+        )
     scaffold_weights(root, tiny=tiny, seed=seed)
 
 

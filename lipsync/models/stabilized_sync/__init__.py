@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lipsync.errors import WeightsError
+from lipsync.models.stabilized_sync.generator_net import FACE_SIZES
 from lipsync.models.stabilized_sync.weights import (
     DEFAULT_VERSION,
     FAMILY,
@@ -38,5 +40,13 @@ def check(root: Path, version: str | None = None) -> WeightsReport:
     return check_weights(root, version)
 
 
-def scaffold(root: Path, tiny: bool = False, seed: int = 0) -> None:
-    scaffold_weights(root, tiny=tiny, seed=seed)
+def scaffold(root: Path, tiny: bool = False, seed: int = 0, face_size: int | None = None) -> None:
+    if face_size is None:
+        scaffold_weights(root, tiny=tiny, seed=seed)
+    elif face_size not in FACE_SIZES:
+        raise WeightsError(
+            f"stabilized-sync has no {face_size} px configuration",
+            f"set `face_size` to one of {', '.join(map(str, FACE_SIZES))}",
+        )
+    else:
+        scaffold_weights(root, tiny=tiny, seed=seed, face_size=face_size)

@@ -1,8 +1,10 @@
-"""`lipsync eval`: lip-sync, image-quality and identity metrics of a dubbed video, and `--compare`."""
+"""`lipsync eval`: lip-sync, image-quality and identity metrics of a dubbed video, and `--compare`;
+`lipsync eval-sync-robustness`: how stable sync experts are under audio shifts and face transforms."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import get_args
@@ -10,6 +12,7 @@ from typing import get_args
 from lipsync.cli.options import positive_int
 from lipsync.config import DEFAULT_EVAL_WEIGHTS, DeviceChoice
 from lipsync.errors import InputError, WeightsError
+from lipsync.eval import sync_robustness_settings as robustness
 
 DESCRIPTION = (
     "Compute LSE-D/LSE-C/AV offset (syncnet_v2), FID (face crops and full frames), CSIM (ArcFace), LMD, "
@@ -54,9 +57,134 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--max-frames", type=positive_int, help="evaluate only the first N frames (at 25 fps)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(eval_command=None)
+    _register_sync_robustness(commands)
+
+
+ROBUSTNESS_COMMAND = "eval-sync-robustness"
+ROBUSTNESS_DESCRIPTION = (
+    "The robustness analysis of sync experts (the stabilized-sync paper's Fig. 6): for each expert "
+    "(AVSyncNet, a .safetensors file of `lipsync train syncnet` kind avsyncnet, or the Wav2Lip-style "
+    "SyncNet, a .pt file), the mean and std of its similarity for windows of faces and their own audio of "
+    "DATA's held-out clips, under audio shifts and under scaled, rotated and translated faces. Writes "
+    "OUT/robustness.json and OUT/robustness.html. Ranges: A..B (step 1), A..B:STEP or a,b,c; a range "
+    "starting with a minus sign may be given as --shifts=-15..15 or --shifts -15..15."
+)
+# Range values such as -15..15 look like options to argparse; let them through as values.
+RANGE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+(\.\.|,)")
+
+
+def _register_sync_robustness(commands: argparse._SubParsersAction) -> None:
+    sr = commands.add_parser(
+        ROBUSTNESS_COMMAND,
+        help="sync experts' similarity under audio shifts, scale, rotation, translation (paper Fig. 6)",
+        description=ROBUSTNESS_DESCRIPTION,
+    )
+    sr._negative_number_matcher = RANGE_VALUE
+    # main() dispatches on the command name; this one is run by `eval`'s handler (see run()).
+    sr.set_defaults(command="eval", eval_command="sync-robustness")
+    sr.add_argument("data", type=Path, metavar="DATA", help="a `lipsync data prepare` output folder")
+    sr.add_argument(
+        "--expert",
+        action="append",
+        required=True,
+        metavar="NAME=CHECKPOINT",
+        help="a sync expert to measure (repeat for several)",
+    )
+    sr.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the two files")
+    sr.add_argument("--all", action="store_true", help="use every clip of DATA, not only the held-out ones")
+    sr.add_argument(
+        "--val-fraction",
+        type=float,
+        default=robustness.DEFAULT_VAL_FRACTION,
+        help="held-out split as the trainers' data.val_fraction "
+        f"(default {robustness.DEFAULT_VAL_FRACTION:g}, the training configs' value)",
+    )
+    sr.add_argument("--val-clips", nargs="+", default=[], metavar="ID", help="held-out clip ids")
+    sr.add_argument("--val-speakers", nargs="+", default=[], metavar="SPEAKER", help="held-out speakers")
+    sr.add_argument(
+        "--clips",
+        type=positive_int,
+        default=robustness.DEFAULT_CLIPS,
+        help=f"at most N clips, taken in turn from each speaker (default {robustness.DEFAULT_CLIPS})",
+    )
+    sr.add_argument(
+        "--windows-per-clip",
+        type=positive_int,
+        default=robustness.DEFAULT_WINDOWS_PER_CLIP,
+        help=f"windows per clip, evenly spread (default {robustness.DEFAULT_WINDOWS_PER_CLIP})",
+    )
+    ranges = robustness.Ranges()
+    for flag, values, what in [
+        ("--shifts", ranges.shifts, "audio shifts in frames"),
+        ("--scales", ranges.scales, "face scales"),
+        ("--angles", ranges.angles, "rotations in degrees"),
+        ("--translations", ranges.translations, "translations in %% of the crop, applied along x and y"),
+    ]:
+        sr.add_argument(flag, metavar="RANGE", help=f"{what} (default {robustness.describe_values(values)})")
+    sr.add_argument(
+        "--device",
+        choices=get_args(DeviceChoice),
+        default="auto",
+        help="where the experts run (default auto)",
+    )
+    sr.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=robustness.DEFAULT_BATCH,
+        help=f"windows per network pass (default {robustness.DEFAULT_BATCH})",
+    )
+    sr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_sync_robustness(args: argparse.Namespace) -> int:
+    from lipsync.eval.sync_robustness import (
+        ClipChoice,
+        RobustnessOptions,
+        parse_expert,
+        sync_robustness,
+    )
+    from lipsync.models.device import resolve_device
+
+    defaults = robustness.Ranges()
+    ranges = robustness.Ranges(
+        *(
+            robustness.parse_values(given) if given is not None else default
+            for given, default in [
+                (args.shifts, defaults.shifts),
+                (args.scales, defaults.scales),
+                (args.angles, defaults.angles),
+                (args.translations, defaults.translations),
+            ]
+        )
+    )
+    ranges.validate()
+    if not 0.0 <= args.val_fraction <= 1.0:
+        raise InputError(f"--val-fraction {args.val_fraction} is not in 0..1", "e.g. --val-fraction 0.05")
+    choice = ClipChoice(
+        all_clips=args.all,
+        val_clips=tuple(args.val_clips),
+        val_speakers=tuple(args.val_speakers),
+        val_fraction=args.val_fraction,
+        max_clips=args.clips,
+        windows_per_clip=args.windows_per_clip,
+    )
+    experts = [parse_expert(text) for text in args.expert]
+    options = RobustnessOptions(ranges, choice, args.batch_size, progress=not args.quiet)
+    report = sync_robustness(args.data, experts, args.out, options, resolve_device(args.device))
+    if report.untrained:
+        print("WARNING: some experts have UNTRAINED weights: their curves measure nothing", file=sys.stderr)
+    print(report.summary())
+    print(
+        f"wrote {args.out / 'robustness.json'} and {args.out / 'robustness.html'} "
+        f"({len(report.clips)} clips, {report.windows} windows, {report.seconds:.1f} s)"
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "eval_command", None) == "sync-robustness":
+        return run_sync_robustness(args)
     if args.compare:
         from lipsync.eval.report import compare_reports
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import get_args
@@ -57,7 +56,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--max-frames", type=positive_int, help="evaluate only the first N frames (at 25 fps)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    ev.set_defaults(eval_command=None)
     _register_sync_robustness(commands)
 
 
@@ -68,10 +66,8 @@ ROBUSTNESS_DESCRIPTION = (
     "SyncNet, a .pt file), the mean and std of its similarity for windows of faces and their own audio of "
     "DATA's held-out clips, under audio shifts and under scaled, rotated and translated faces. Writes "
     "OUT/robustness.json and OUT/robustness.html. Ranges: A..B (step 1), A..B:STEP or a,b,c; a range "
-    "starting with a minus sign may be given as --shifts=-15..15 or --shifts -15..15."
+    "starting with a minus sign is given with '=': --shifts=-15..15."
 )
-# Range values such as -15..15 look like options to argparse; let them through as values.
-RANGE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+(\.\.|,)")
 
 
 def _register_sync_robustness(commands: argparse._SubParsersAction) -> None:
@@ -80,9 +76,6 @@ def _register_sync_robustness(commands: argparse._SubParsersAction) -> None:
         help="sync experts' similarity under audio shifts, scale, rotation, translation (paper Fig. 6)",
         description=ROBUSTNESS_DESCRIPTION,
     )
-    sr._negative_number_matcher = RANGE_VALUE
-    # main() dispatches on the command name; this one is run by `eval`'s handler (see run()).
-    sr.set_defaults(command="eval", eval_command="sync-robustness")
     sr.add_argument("data", type=Path, metavar="DATA", help="a `lipsync data prepare` output folder")
     sr.add_argument(
         "--expert",
@@ -183,8 +176,6 @@ def run_sync_robustness(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "eval_command", None) == "sync-robustness":
-        return run_sync_robustness(args)
     if args.compare:
         from lipsync.eval.report import compare_reports
 

@@ -261,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data": data_cmd.run,
         "train": train_cmd.run,
         "eval": eval_cmd.run,
+        eval_cmd.ROBUSTNESS_COMMAND: eval_cmd.run_sync_robustness,
     }
     try:
         return handlers[args.command](args)

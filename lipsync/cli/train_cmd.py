@@ -23,10 +23,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "unet", help="train the generator (stage 1: L1 + perceptual; stage 2: + GANs + sync loss)"
     )
     syncnet = train_commands.add_parser(
-        "syncnet", help="train a SyncNet expert for the sync loss (kind avsyncnet: stabilized-sync's AVSyncNet)"
+        "syncnet",
+        help="train a SyncNet expert for the sync loss (kind avsyncnet: stabilized-sync's AVSyncNet)",
     )
     stabilized = train_commands.add_parser(
-        "stabilized", help="train the stabilized-sync generators: G_S (stage silent), then G_L (stage talking)"
+        "stabilized",
+        help="train the stabilized-sync generators: G_S (stage silent), then G_L (stage talking)",
     )
     for command in (unet, syncnet, stabilized):
         command.add_argument("--config", type=Path, required=True, help="YAML config (see configs/train/)")
@@ -63,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
         for step, l1 in stabilized.validation_l1:
             print(f"  held-out L1 at step {step}: {l1:.4f}")
         if stabilized.export_dir is not None:
-            print(f"exported to {stabilized.export_dir} (use: lipsync dub ... --weights {stabilized.export_dir})")
+            print(
+                f"exported to {stabilized.export_dir} "
+                f"(use: lipsync dub ... --weights {stabilized.export_dir})"
+            )
         return 0
 
     if args.train_command == "unet":

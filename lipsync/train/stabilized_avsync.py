@@ -27,6 +27,7 @@ from lipsync.models.checkpoint import load_strict
 from lipsync.models.stabilized_sync.avsyncnet import AVSYNC_FACE_SIZE, FACE_CHANNELS, AVSyncNet
 from lipsync.models.stabilized_sync.generator_net import PAPER_FACE_SIZE
 from lipsync.models.stabilized_sync.mel import SYNC_FRAMES
+from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
 from lipsync.models.syncnet import lower_half
 from lipsync.train.config import ConfigError, SyncNetTrainConfig
 from lipsync.train.data.format import PreparedClip
@@ -69,15 +70,19 @@ class TinyLipEncoder(nn.Module):
         self.layers = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, lips: Tensor) -> Tensor:
-        return self.layers(lips)  # type: ignore[no-any-return]
+        features: Tensor = self.layers(lips)
+        return features
 
 
 def build_avsyncnet(spec: AVSyncSpec) -> AVSyncNet:
     """A randomly initialised AVSyncNet (the paper's), or its tiny test variant."""
-    model = AVSyncNet()
-    if spec.tiny:
-        model.face_encoder = TinyLipEncoder()
-        model.face_head = nn.Linear(TINY_LIP_WIDTHS[-1], model.face_head.out_features)
+    if not spec.tiny:
+        return AVSyncNet()
+    with torch.device("meta"):  # the ResNet-50 is replaced: skip initialising its 24 M parameters
+        model = AVSyncNet()
+    model.face_encoder = TinyLipEncoder()  # type: ignore[assignment]
+    model.face_head = nn.Linear(TINY_LIP_WIDTHS[-1], model.face_head.out_features)
+    model.audio_encoder = ResNetSE34(out_dim=model.face_head.out_features)
     return model
 
 
@@ -137,7 +142,6 @@ def load_avsyncnet(path: Path, device: torch.device | str = "cpu") -> tuple[AVSy
         model = build_avsyncnet(spec)
     load_strict(model, load_file(str(path), device="cpu"), Path(path), torch.float32)
     return model.to(device).eval(), spec
-
 
 
 def avsync_spec(config: SyncNetTrainConfig) -> AVSyncSpec:

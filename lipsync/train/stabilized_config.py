@@ -70,21 +70,29 @@ def validate_stabilized_config(config: StabilizedTrainConfig) -> LossWeights:
                 )
         if config.silent_generator is not None:
             raise ConfigError(
-                "silent_generator is set for stage silent", "silent_generator is G_S for stage talking: drop it"
+                "silent_generator is set for stage silent",
+                "silent_generator is G_S for stage talking: drop it",
             )
     elif config.silent_references and config.silent_generator is None:
         raise ConfigError(
             "silent_generator is missing for stage talking with silent_references",
-            "give the silent stage's export folder (runs/stabilized-silent/export), or silent_references: false",
+            "give the silent stage's export folder (runs/stabilized-silent/export), "
+            "or set silent_references: false",
         )
     if needs_avsyncnet(config) and config.avsyncnet is None:
         raise ConfigError(
             "avsyncnet is missing",
-            "give an AVSyncNet file (lipsync train syncnet with kind avsyncnet writes avsyncnet-best.safetensors)",
+            "give an AVSyncNet file (`lipsync train syncnet` with kind avsyncnet writes "
+            "avsyncnet-best.safetensors)",
         )
-    if needs_sync_expert(config) and config.loss.sync_expert == "wav2lip" and config.loss.wav2lip_syncnet is None:
+    if (
+        needs_sync_expert(config)
+        and config.loss.sync_expert == "wav2lip"
+        and config.loss.wav2lip_syncnet is None
+    ):
         raise ConfigError(
             "loss.wav2lip_syncnet is missing for loss.sync_expert wav2lip",
-            "give a 5-frame `kind: wav2lip` SyncNet file (lipsync train syncnet --config configs/train/syncnet.yaml)",
+            "give a 5-frame `kind: wav2lip` SyncNet file "
+            "(lipsync train syncnet --config configs/train/syncnet.yaml)",
         )
     return loss_weights(config)

@@ -66,14 +66,16 @@ def family_crops(clip: PreparedClip, size: int) -> np.ndarray:
     # The inference default extra margin is in source-video pixels; the stored crop scales the source so
     # that the face box is FACE_SIZE px wide.
     margin = FaceSettings().extra_margin * FACE_SIZE / max(clip.meta.face_size, 1.0)
-    pad = max(width, height)
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
     for index, frame in enumerate(frames):
         box = family_crop_box(clip.landmarks[index], width, height, margin)
         if box is None:  # degenerate landmarks: the whole stored crop
             box = CropBox(0, 0, width, height)
-        padded = cv2.copyMakeBorder(np.ascontiguousarray(frame), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        region = padded[box.y1 + pad : box.y2 + pad, box.x1 + pad : box.x2 + pad]
+        pad = max(0, -box.x1, -box.y1, box.x2 - width, box.y2 - height)  # how far the box leaves the crop
+        image = np.ascontiguousarray(frame)
+        if pad:
+            image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        region = image[box.y1 + pad : box.y2 + pad, box.x1 + pad : box.x2 + pad]
         out[index] = cv2.resize(region, (size, size), interpolation=cv2.INTER_LANCZOS4)
     return out
 
@@ -122,7 +124,12 @@ class StabilizedClips:
                 self.metas.append(meta)
                 self.folders.append(Path(folder))
             else:
-                log.warning("clip %s has %d frames, fewer than %d: skipped", meta.clip_id, meta.frame_count, MIN_CLIP_FRAMES)
+                log.warning(
+                    "clip %s has %d frames, fewer than %d: skipped",
+                    meta.clip_id,
+                    meta.frame_count,
+                    MIN_CLIP_FRAMES,
+                )
         self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -136,7 +143,10 @@ class StabilizedClips:
             self._cache.move_to_end(clip)
             return self._cache[clip]
         prepared = read_clip(self.folders[clip], with_whisper=False)
-        entry = (crops_to_images(family_crops(prepared, self.face_size)), np.asarray(prepared.mel, np.float32))
+        entry = (
+            crops_to_images(family_crops(prepared, self.face_size)),
+            np.asarray(prepared.mel, np.float32),
+        )
         self._cache[clip] = entry
         if len(self._cache) > CACHE_CLIPS:
             self._cache.popitem(last=False)

@@ -1,9 +1,10 @@
 """Export a trained stabilized-sync generator as a weights folder `lipsync dub --weights DIR` loads.
 
 DIR/ is the layout of lipsync/models/stabilized_sync/weights.py: stabilized-sync/config.json (face size,
-generator widths, whether G_S closes the references), generator.safetensors (G_L), silent_generator.safetensors
-(G_S), audio_encoder.safetensors (the ResNetSE-34 state dict alone), all float32, and lipsync.json with
-the family, the training info (stage, steps, losses, ...) and `untrained: false`.
+generator widths, whether G_S closes the references), generator.safetensors (G_L),
+silent_generator.safetensors (G_S), audio_encoder.safetensors (the ResNetSE-34 state dict alone), all
+float32, and lipsync.json with the family, the training info (stage, steps, losses, ...) and
+`untrained: false`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def export_stabilized(
 def float32_state(network: nn.Module) -> dict[str, torch.Tensor]:
     """A network's state dict on the CPU, floating tensors as float32, contiguous (safetensors-ready)."""
     return {
-        key: value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
+        key: value.detach()
+        .to("cpu", torch.float32 if value.is_floating_point() else value.dtype)
+        .contiguous()
         for key, value in network.state_dict().items()
     }

@@ -25,16 +25,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lipsync.models.stabilized_sync.avsyncnet import AVSyncNet
 from lipsync.models.stabilized_sync.generator_net import (
     FaceDiscriminator,
     GeneratorConfig,
@@ -95,21 +96,21 @@ class StabilizedTrainer:
         )
         set_seed(config.seed, device_specific=True)
         self.device = self.accelerator.device
-        net = GeneratorConfig.tiny(config.face_size) if config.tiny else GeneratorConfig.for_size(config.face_size)
+        net = (
+            GeneratorConfig.tiny(config.face_size)
+            if config.tiny
+            else GeneratorConfig.for_size(config.face_size)
+        )
         self.net_config = net
         generator, discriminator = TalkingFaceGenerator(net), FaceDiscriminator(net)
 
-        avsyncnet = load_avsyncnet(config.avsyncnet)[0] if config.avsyncnet is not None else None
+        avsyncnet = self._avsyncnet()
         audio = AudioEncoder(net.audio_dim)
         if avsyncnet is not None:
             audio.encoder.load_state_dict(avsyncnet.audio_encoder.state_dict())
         audio.requires_grad_(config.train_audio_encoder).train(config.train_audio_encoder)
-        expert = None
-        if needs_sync_expert(config):
-            wav2lip = config.loss.sync_expert == "wav2lip" and config.loss.wav2lip_syncnet is not None
-            expert = SyncExpert.wav2lip(config.loss.wav2lip_syncnet) if wav2lip else SyncExpert(avsyncnet)
-        self.losses = GeneratorLosses(config, self.weights, expert).to(self.device)
-        self.silent, self.silent_audio = self._silent_generator()
+        self.losses = GeneratorLosses(config, self.weights, self._expert(avsyncnet)).to(self.device)
+        self.silent, self.silent_audio = self._silent_generator(audio)
 
         train_clips, val_clips = split_clips(Path(config.data.root), config.data)
         if not train_clips:
@@ -123,17 +124,20 @@ class StabilizedTrainer:
         trained = [*generator.parameters(), *(audio.parameters() if config.train_audio_encoder else [])]
         optimizer = torch.optim.Adam(trained, lr=config.lr, betas=ADAM_BETAS)
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=ADAM_BETAS)
-        self.generator, self.discriminator, self.optimizer, self.d_optimizer = self.accelerator.prepare(
-            generator, discriminator, optimizer, d_optimizer
-        )
-        if config.train_audio_encoder:
-            self.audio = self.accelerator.prepare(audio)
+        if config.train_audio_encoder:  # one prepare: the optimiser holds the encoder's parameters too
+            prepared = self.accelerator.prepare(generator, discriminator, audio, optimizer, d_optimizer)
+            self.generator, self.discriminator, self.audio, self.optimizer, self.d_optimizer = prepared
         else:
+            prepared = self.accelerator.prepare(generator, discriminator, optimizer, d_optimizer)
+            self.generator, self.discriminator, self.optimizer, self.d_optimizer = prepared
             self.audio = audio.to(self.device).eval()
         self.step = self._resume()
         self.start_step = self.step
         stream = StabilizedStream(
-            self.train_clips, config.batch_size, config.seed * 1_000_003 + self.step, self.accelerator.process_index
+            self.train_clips,
+            config.batch_size,
+            config.seed * 1_000_003 + self.step,
+            self.accelerator.process_index,
         )
         self.loader: DataLoader[Any] = DataLoader(
             stream,
@@ -146,19 +150,53 @@ class StabilizedTrainer:
 
     # --- setup ------------------------------------------------------------------------------------
 
-    def _silent_generator(self) -> tuple[TalkingFaceGenerator | None, Tensor | None]:
-        """Stage talking: the frozen G_S of the silent stage's export and its F_A of silence."""
+    def _avsyncnet(self) -> AVSyncNet | None:
         config = self.config
-        if config.stage != "talking" or config.silent_generator is None:
+        if config.avsyncnet is None:
+            return None
+        model, spec = load_avsyncnet(config.avsyncnet)
+        if spec.face_size != config.face_size:
+            log.warning(
+                "the AVSyncNet %s was trained on %d px faces, this generator makes %d px ones",
+                config.avsyncnet,
+                spec.face_size,
+                config.face_size,
+            )
+        return model
+
+    def _expert(self, avsyncnet: AVSyncNet | None) -> SyncExpert | None:
+        """The frozen scorer of the sync loss (stage talking with a sync weight), else None."""
+        if not needs_sync_expert(self.config):
+            return None
+        syncnet = self.config.loss.wav2lip_syncnet  # validated: set whenever sync_expert is wav2lip
+        if self.config.loss.sync_expert == "wav2lip" and syncnet is not None:
+            return SyncExpert.wav2lip(syncnet)
+        return SyncExpert(avsyncnet)
+
+    def _silent_generator(self, audio: AudioEncoder) -> tuple[TalkingFaceGenerator | None, Tensor | None]:
+        """Stage talking with silent references: the frozen G_S of the silent stage's export, and F_A of
+        silence from the audio encoder G_S was trained with (the one in that export)."""
+        config = self.config
+        if config.stage != "talking" or not config.silent_references or config.silent_generator is None:
             return None, None
-        models = load_models(Path(config.silent_generator), self.device, torch.float32, silent_lip_references=True)
+        models = load_models(
+            Path(config.silent_generator), self.device, torch.float32, silent_lip_references=True
+        )
         if models.config.generator != self.net_config:
             raise ConfigError(
-                f"silent_generator {config.silent_generator} holds a G_S of {models.config.generator}, this run "
+                f"silent_generator {config.silent_generator} holds a G_S of {models.config.generator}, "
+                f"this run "
                 f"trains {self.net_config}",
                 "set face_size / tiny to the silent stage's, or train G_S with them",
             )
         assert models.silent_generator is not None
+        theirs, ours = models.audio_encoder.encoder.state_dict(), audio.encoder.state_dict()
+        if config.train_audio_encoder or any(not torch.equal(theirs[k], ours[k].to(theirs[k])) for k in ours):
+            log.warning(
+                "G_L's audio encoder is not the one G_S was trained with (%s); at inference the exported "
+                "encoder feeds both, so G_S will hear silence through another encoder",
+                config.silent_generator,
+            )
         with torch.no_grad():
             mels = torch.from_numpy(silent_mel_window()[None]).to(self.device)
             silent_audio = models.audio_encoder(mels)
@@ -171,7 +209,9 @@ class StabilizedTrainer:
         return Path(self.config.output_dir) / CHECKPOINTS_DIR
 
     def _resume(self) -> int:
-        done = sorted(p for p in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+        done = sorted(
+            p for p in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()
+        )
         if not done:
             return 0
         self.accelerator.load_state(str(done[-1]))
@@ -214,7 +254,7 @@ class StabilizedTrainer:
             "triplet_loss": loss.triplet_loss if self.weights.triplet > 0 else None,
             "avsyncnet": str(config.avsyncnet) if config.avsyncnet else None,
         }
-        size = "tiny" if config.tiny else "full"
+        size: Literal["full", "tiny"] = "tiny" if config.tiny else "full"
         out = Path(config.output_dir) / EXPORT_DIR
         return export_stabilized(out, family, generator, silent, audio.encoder, size, info)
 
@@ -257,11 +297,13 @@ class StabilizedTrainer:
     def validate(self) -> float:
         """L1 of generated against ground-truth faces on the fixed held-out samples; writes a strip."""
         self.generator.eval()
+        self.audio.eval()
         batch = self.validation_batch.to(self.device)
         with self.accelerator.autocast():
             generated, identity = self._generate(batch)
         l1 = float((generated.float() - batch.target).abs().mean())
         self.generator.train()
+        self.audio.train(self.config.train_audio_encoder)
         if self.accelerator.is_main_process:
             columns = [identity, pose_reference(batch.target), generated, batch.target]
             path = Path(self.config.output_dir) / VALIDATION_DIR / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"

@@ -39,16 +39,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lipsync.models.stabilized_sync.losses import ADAM_BETAS
+from lipsync.models.stabilized_sync.weights import AUDIO_ENCODER_FILE
 from lipsync.models.syncnet import (
-    SyncNet,
     SyncNetSpec,
     build_syncnet,
     load_syncnet,
     save_syncnet,
     sync_probability,
 )
-from lipsync.models.stabilized_sync.losses import ADAM_BETAS
-from lipsync.models.stabilized_sync.weights import AUDIO_ENCODER_FILE
 from lipsync.train.config import ConfigError, SyncNetTrainConfig, flat_hparams
 from lipsync.train.losses.sync import sync_bce
 from lipsync.train.stabilized_avsync import (
@@ -172,6 +171,7 @@ def initial_model(config: SyncNetTrainConfig, spec: PairSpec) -> nn.Module:
     if config.init is None:
         return build_model(spec)
     loaded: PairSpec
+    model: nn.Module
     if isinstance(spec, AVSyncSpec):
         model, loaded = load_avsyncnet(config.init)
     else:
@@ -264,7 +264,9 @@ def _train(
     model = build_model(spec) if resuming else initial_model(config, spec)
     model.train()
     if isinstance(spec, AVSyncSpec):  # paper §3.5: Adam (0.5, 0.999) for every model
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, betas=ADAM_BETAS
+        )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=ADAMW_BETAS)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -316,7 +318,7 @@ def _train(
         if accelerator.is_main_process:
             save_model(unwrapped, spec, last_path)
             if audio_path is not None:
-                save_audio_encoder(unwrapped.audio_encoder, audio_path)
+                save_audio_encoder(unwrapped.get_submodule("audio_encoder"), audio_path)
 
     samples_per_step = config.batch_size * accelerator.num_processes
     bar = tqdm(

@@ -153,14 +153,16 @@ class SyncNetTrainConfig:
     output_dir: Path = Path("runs/syncnet")
     kind: SyncNetTrainKind = "wav2lip"
     init: Path | None = None  # a checkpoint to start from (e.g. LatentSync's latentsync_syncnet.pt)
-    width_divisor: int = 1  # >1 narrows every layer: tiny test configs only
-    frames: int = 5  # face frames per sample (wav2lip 5, stable 16)
-    image_size: int = 96  # the face crop is resized to this before taking its lower half (stable: 256)
+    width_divisor: int = 1  # >1 narrows every layer (avsyncnet: a small lip encoder): tiny test configs only
+    frames: int = 5  # face frames per sample (wav2lip 5, stable 16, avsyncnet 5)
+    image_size: int = 96  # the face crop is resized to this before taking its lower half (stable: 256,
+    # avsyncnet: 224)
     single_identity_batches: bool = True  # MuseTalk: positives and negatives of one speaker per batch
     batch_size: int = 64
     max_steps: int = 100_000
     lr: float = 1e-4
-    negative_min_offset: int = 5  # frames: a negative's audio is at least this far from the video
+    negative_min_offset: int = 5  # frames: a negative's audio is at least this far from the video (>= frames:
+    # from a non-overlapping part of the clip, as avsyncnet requires)
     eval_every: int = 500
     eval_pairs: int = 256
     checkpoint_every: int = 5000

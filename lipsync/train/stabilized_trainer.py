@@ -185,8 +185,7 @@ class StabilizedTrainer:
         if models.config.generator != self.net_config:
             raise ConfigError(
                 f"silent_generator {config.silent_generator} holds a G_S of {models.config.generator}, "
-                f"this run "
-                f"trains {self.net_config}",
+                f"this run trains {self.net_config}",
                 "set face_size / tiny to the silent stage's, or train G_S with them",
             )
         assert models.silent_generator is not None

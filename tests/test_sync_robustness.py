@@ -60,7 +60,7 @@ def experts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def cli_run(prepared_media: Path, experts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The command on the held-out speaker's clips, with the default ranges (shifts given as --shifts=-15..15)."""
+    """The command on the held-out speaker's clips, with the default ranges (shifts as --shifts=-15..15)."""
     out = tmp_path_factory.mktemp("robustness") / "out"
     args = [
         "eval-sync-robustness",

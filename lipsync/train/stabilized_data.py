@@ -2,7 +2,7 @@
 
 **Faces.** The prepared clips store MuseTalk's face box with context (lipsync/train/data/format.py): not
 the box this family crops at inference. So every frame is cut again here with the family's own rule
-(`StabilizedSyncGenerator.crop_box`: the landmarks' bounds raised by a quarter of their height for the
+(`face_box` of the family's generator: the landmarks' bounds raised by a quarter of their height for the
 forehead, the default extra margin below the chin) from the stored crop and its landmarks, and resized to
 the configured face size with the same resize as inference (aspect ratio not kept, Lanczos). Where the box
 reaches past the stored context (the forehead usually does), the crop's edge pixels are repeated. Training
@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -46,14 +45,11 @@ CACHE_CLIPS = 256  # clips whose faces and mel stay in memory per process (96 px
 def family_crop_box(points: np.ndarray, width: int, height: int, extra_margin: float) -> CropBox | None:
     """The stabilized-sync inference crop box of 68 landmarks in a width x height image, not clipped to
     the image (the box may reach past it by up to one image size on every side)."""
-    from lipsync.models.stabilized_sync.generator import StabilizedSyncGenerator
+    from lipsync.models.stabilized_sync.generator import face_box
 
     pad = max(width, height)
     settings = FaceSettings(bbox_shift=0, extra_margin=round(extra_margin))
-    # crop_box reads no instance state: the family's rule, called without loading networks.
-    box = StabilizedSyncGenerator.crop_box(
-        cast(Any, None), np.asarray(points, np.float64) + pad, width + 2 * pad, height + 2 * pad, settings
-    )
+    box = face_box(np.asarray(points, np.float64) + pad, width + 2 * pad, height + 2 * pad, settings)
     if box is None:
         return None
     return CropBox(box.x1 - pad, box.y1 - pad, box.x2 - pad, box.y2 - pad)

@@ -48,6 +48,20 @@ class StabilizedSyncStage(str, Enum):
     GENERATOR = "generator"
 
 
+def face_box(
+    points: np.ndarray, frame_width: int, frame_height: int, settings: FaceSettings
+) -> CropBox | None:
+    """The family's crop box of 68 landmarks: their bounds with the forehead added; `bbox_shift` moves the
+    box down (+) or up (−), `extra_margin` adds px below the chin, as for MuseTalk. None if degenerate."""
+    x1, y1 = np.floor(points.min(axis=0))
+    x2, y2 = np.ceil(points.max(axis=0))
+    top = y1 - FOREHEAD_RATIO * (y2 - y1) + settings.bbox_shift
+    bottom = y2 + settings.extra_margin + settings.bbox_shift
+    left, right = max(0, int(x1)), min(frame_width, int(x2) + 1)
+    box = CropBox(left, max(0, int(top)), right, min(frame_height, int(bottom) + 1))
+    return box if box.width > 1 and box.height > 1 else None
+
+
 def to_tensor(images: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(B, S, S, 3) uint8 RGB → (B, 3, S, S) in [−1, 1]."""
     tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
@@ -88,15 +102,7 @@ class StabilizedSyncGenerator(Generator):
     def crop_box(
         self, points: np.ndarray, frame_width: int, frame_height: int, settings: FaceSettings
     ) -> CropBox | None:
-        """The landmarks' bounds with the forehead added; `bbox_shift` moves the box down (+) or up (−),
-        `extra_margin` adds px below the chin, as for MuseTalk."""
-        x1, y1 = np.floor(points.min(axis=0))
-        x2, y2 = np.ceil(points.max(axis=0))
-        top = y1 - FOREHEAD_RATIO * (y2 - y1) + settings.bbox_shift
-        bottom = y2 + settings.extra_margin + settings.bbox_shift
-        left, right = max(0, int(x1)), min(frame_width, int(x2) + 1)
-        box = CropBox(left, max(0, int(top)), right, min(frame_height, int(bottom) + 1))
-        return box if box.width > 1 and box.height > 1 else None
+        return face_box(points, frame_width, frame_height, settings)
 
     def frame_arrays(self) -> dict[str, ArraySpec]:
         shape = (self.face_size, self.face_size, 3)

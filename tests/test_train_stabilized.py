@@ -317,3 +317,35 @@ def test_shipped_configs_hold_the_paper_values() -> None:
 def _same_tensors(a: Path, b: Path) -> bool:
     first, second = load_file(a), load_file(b)
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+ABLATION = REPO / "configs" / "train" / "ablation"
+
+
+def test_the_papers_ablation_setups_ship_as_configs_that_differ_as_table_2_says() -> None:
+    """Setups A-H (C, a Wav2Vec2 audio encoder, is not built): each loads and passes every check that needs
+    no file, and each adds to the one before it what Table 2 says."""
+    from lipsync.train.stabilized_config import validate_stabilized_config
+
+    setups = {p.stem.removeprefix("stabilized-"): p for p in sorted(ABLATION.glob("stabilized-*.yaml"))}
+    assert sorted(setups) == ["A", "B", "D", "E", "F", "G", "H"]
+    configs = {name: load_config(path, StabilizedTrainConfig) for name, path in setups.items()}
+    for config in configs.values():
+        validate_stabilized_config(config)
+        assert config.stage == "talking" and config.face_size == 96 and not config.tiny
+
+    def describe(name: str) -> tuple[object, ...]:
+        c = configs[name]
+        weights = loss_weights(c)
+        triplet = c.loss.triplet_loss if weights.triplet else None
+        return (c.train_audio_encoder, c.silent_references, c.loss.sync_loss, c.loss.sync_expert, triplet)
+
+    assert describe("A") == (True, False, "vanilla", "wav2lip", None)  # G_L + L_s
+    assert describe("B") == (False, False, "vanilla", "wav2lip", None)  # + frozen pretrained E_a
+    assert describe("D") == (False, True, "vanilla", "wav2lip", None)  # + G_S
+    assert describe("E") == (False, True, "stabilized", "wav2lip", None)  # L_ss replaces L_s
+    assert describe("F") == (False, True, "stabilized", "wav2lip", "vanilla")  # + vanilla triplet
+    assert describe("G") == (False, True, "stabilized", "wav2lip", "adaptive")  # + adaptive triplet
+    assert describe("H") == (False, True, "stabilized", "avsyncnet", "adaptive")  # AVSyncNet: full model
+    full = load_config(REPO / "configs" / "train" / "stabilized-talking.yaml", StabilizedTrainConfig)
+    assert dataclasses.replace(configs["H"], output_dir=full.output_dir) == full

@@ -20,6 +20,7 @@ from lipsync.io.audio import Audio, load_audio
 from lipsync.io.video import FrameReader, probe_video
 from lipsync.io.writer import VideoWriter
 from lipsync.models.families import families_in, load_generator
+from lipsync.models.generator import FaceBatch
 from lipsync.models.stabilized_sync import check, scaffold
 from lipsync.models.stabilized_sync.generator import IDENTITY, StabilizedSyncGenerator
 from lipsync.models.stabilized_sync.mel import MEL_WINDOW_STEPS, log_mel, mel_window
@@ -226,3 +227,24 @@ def test_the_face_size_configuration_is_chosen_at_scaffold_and_read_at_load(tmp_
     with pytest.raises(WeightsError, match="no 100 px configuration"):
         scaffold(tmp_path / "other", tiny=True, face_size=100)
     assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
+def test_silent_lips_shows_the_crops_above_their_g_s_references(
+    weights: Path, generator: StabilizedSyncGenerator, clip: Path, tmp_path: Path, tiny_weights: Path
+) -> None:
+    import cv2
+
+    from lipsync.cli.main import main
+
+    out = tmp_path / "strip.png"
+    options = ["--weights", str(weights), "--device", "cpu", "--dtype", "fp32"]
+    assert main(["silent-lips", str(clip), "-o", str(out), "--frames", "4", *options]) == 0
+    strip = cv2.imread(str(out))[..., ::-1]
+    assert strip.shape == (2 * 96, 4 * 96, 3)
+    # The bottom row is G_S's reference of each crop of the top row (what G_L would be given).
+    crops = np.stack(np.split(strip[:96], 4, axis=1))
+    batch = FaceBatch(crops, np.zeros((4, 68, 2), np.float32), [0, 1, 2, 3])
+    expected = np.concatenate(list(generator.prepare(batch, StageTimes())[IDENTITY]), axis=1)
+    assert np.array_equal(strip[96:, 96:], expected[:, 96:])  # the first crop carries the UNTRAINED label
+    refused = main(["silent-lips", str(clip), "-o", str(tmp_path / "x.png"), "--weights", str(tiny_weights)])
+    assert refused == 2 and not (tmp_path / "x.png").exists()  # MuseTalk makes no silent-lip references

@@ -16,6 +16,7 @@ from lipsync.cli.options import (
     add_image_fps_option,
     add_model_options,
     add_speech_options,
+    positive_int,
     settings_from_args,
     with_flags,
 )
@@ -83,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_face_options(bench)
 
     batch_cmd.register(commands)
+    silent = commands.add_parser(
+        "silent-lips",
+        help="stabilized-sync: face crops of a video before and after the silent-lip generator G_S",
+        description="Writes a PNG: the face crops of frames spread over VIDEO (top row) and the identity "
+        "references G_S makes of them, lips closed (bottom row), as the stabilized-sync model gives them to "
+        "its talking-face generator.",
+    )
+    silent.add_argument("source", type=Path, help="video or photo")
+    silent.add_argument("-o", "--output", required=True, type=Path, help="output .png")
+    silent.add_argument(
+        "--frames", type=positive_int, default=8, help="frames to show, spread over the video (default 8)"
+    )
+    add_model_options(silent, batch=False)
+    add_face_options(silent)
+
     avatar_cmd.register(commands)
     serve_cmd.register(commands)
     loadbench_cmd.register(commands)
@@ -210,6 +226,24 @@ def run_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_silent_lips(args: argparse.Namespace) -> int:
+    from lipsync.io.writer import check_output_path
+    from lipsync.models.families import load_generator
+    from lipsync.pipeline.dub import UNTRAINED_LABEL
+    from lipsync.pipeline.silent_lips import silent_lip_strip, write_png
+
+    check_output_path(args.output, {"video": args.source})
+    settings = settings_from_args(args)
+    runtime = settings.runtime
+    generator = load_generator(args.weights, settings.model, settings.version, runtime.device, runtime.dtype)
+    if generator.untrained:
+        print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)
+    strip = silent_lip_strip(generator, args.source, args.frames, settings.face, settings.image_fps)
+    write_png(strip, args.output)
+    print(f"wrote {args.output}: {strip.shape[1] // generator.face_size} faces before (top) and after G_S")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from lipsync.pipeline.bench import run_benchmark
 
@@ -254,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dub": run_dub,
         "weights": run_weights,
         "bench": run_bench,
+        "silent-lips": run_silent_lips,
         "dub-batch": batch_cmd.run,
         "avatar": avatar_cmd.run,
         "serve": serve_cmd.run,

@@ -70,7 +70,20 @@ def test_a_crop_box_pushed_out_of_the_frame_says_so() -> None:
     assert "a face was found in 3 frames" in error.value.problem and "`bbox_shift`" in error.value.fix
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sighup_and_sigterm_stop_through_the_same_handler() -> None:
+    from lipsync.cli.main import _raise_terminated, _stop_on_termination
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _stop_on_termination()
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is _raise_terminated
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+# SIGHUP goes through SIGTERM's handler (the test above): its whole run waits for -m slow.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
 def test_a_terminated_dub_leaves_no_partial_file(tiny_weights: Path, tmp_path: Path, signum: int) -> None:
     out = tmp_path / "out.mp4"
     command = [sys.executable, "-m", "lipsync.cli.main", *dub_args(str(out), tiny_weights)]

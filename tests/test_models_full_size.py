@@ -13,6 +13,9 @@ import torch
 from lipsync.models.musetalk.loading import load_models
 from lipsync.models.musetalk.weights import check_weights, scaffold_weights
 
+# Writing and loading 7 GB of scaffolded weights takes most of a minute: a long run, `make test-slow`.
+pytestmark = pytest.mark.slow
+
 FULL_SCAFFOLD_BYTES = 7_500_000_000  # two 3.4 GB UNets, the VAE and whisper, with some headroom
 
 

@@ -43,7 +43,7 @@ def workdir(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     folder = tmp_path_factory.mktemp("api")
     (folder / "models").symlink_to(tiny_weights, target_is_directory=True)
     write_clip(media("talk_c.mp4"), folder / "face.mp4", 20)
-    speech = load_audio(media("speech_44k_stereo.wav")).samples[: 2 * AUDIO_SAMPLE_RATE]  # 2 s: 50 frames
+    speech = load_audio(media("speech_44k_stereo.wav")).samples[:AUDIO_SAMPLE_RATE]  # 1 s: 25 frames
     write_wav(folder / "speech.wav", speech)
     return folder
 
@@ -57,7 +57,7 @@ def test_the_documented_examples_run_as_written(workdir: Path, capsys: pytest.Ca
             exec(compile(example, "docs/python-api.md", "exec"), {})
     finally:
         os.chdir(here)
-    assert probe_video(workdir / "out.mp4").frame_count == probe_video(workdir / "anna.mp4").frame_count == 50
+    assert probe_video(workdir / "out.mp4").frame_count == probe_video(workdir / "anna.mp4").frame_count == 25
     assert (workdir / "avatars" / "anna" / "manifest.json").is_file()
     out = capsys.readouterr().out
     assert "wrote out.mp4" in out and "frames; the first shows 0.0 s" in out

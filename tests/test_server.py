@@ -195,7 +195,7 @@ def test_serve_command_refuses_a_public_bind_before_loading_anything(
 
     monkeypatch.delenv("LIPSYNC_TOKEN", raising=False)
     args = serve_parser().parse_args(["serve", "--host", "0.0.0.0", "--weights", str(tmp_path / "none")])
-    assert (args.port, args.max_sessions, args.model_version) == (8765, 4, "v15")
+    assert (args.port, args.max_sessions, args.model_version) == (8765, 4, None)  # None: the folder's
     with pytest.raises(LipsyncError) as caught:
         serve_cmd.run(args)
     assert "--token" in caught.value.fix  # not a weights error: the check comes first

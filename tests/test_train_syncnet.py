@@ -103,6 +103,7 @@ def test_pairs_match_the_clip_arrays(syncnet_media: Path) -> None:
     assert np.array_equal(mel[0].numpy(), mel_window(np.asarray(clip.mel), pair.audio_start, 16))
 
 
+@pytest.mark.slow  # a learning check (hundreds of training steps): `make test-slow`
 def test_tiny_syncnet_separates_held_out_pairs(
     syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path, one_thread: None
 ) -> None:

@@ -64,6 +64,7 @@ def tiny_config(root: Path, weights: Path, out: Path, **changes: object) -> UNet
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # a learning check (40 training steps): `make test-slow`
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_stage1_lowers_validation_l1_and_exports_for_dub(
     prepared_media: Path, tiny_weights: Path, tmp_path: Path

@@ -17,12 +17,9 @@ OUTPUT_DIR/
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +44,7 @@ from lipsync.models.stabilized_sync.losses import ADAM_BETAS, discriminator_adve
 from lipsync.models.stabilized_sync.mel import silent_mel_window
 from lipsync.models.stabilized_sync.networks import AudioEncoder, load_models
 from lipsync.models.stabilized_sync.weights import FamilyConfig
+from lipsync.train import run_files
 from lipsync.train.config import ConfigError, StabilizedTrainConfig, flat_hparams, to_dict
 from lipsync.train.stabilized_avsync import load_avsyncnet
 from lipsync.train.stabilized_config import needs_sync_expert, validate_stabilized_config
@@ -60,13 +58,6 @@ from lipsync.train.validation import save_strip
 log = logging.getLogger(__name__)
 
 # The UNet trainer's output layout (not imported from it: that module loads diffusers, seconds at import).
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "step-"
-STATE_FILE = "trainer.json"
-EXPORT_DIR = "export"
-VALIDATION_DIR = "validation"
-LOGS_DIR = "logs"
-METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_PROJECT = "stabilized"
 STRIP_FRAME = 2  # the middle one of the 5 frames goes into the validation strips
 
@@ -92,7 +83,9 @@ class StabilizedTrainer:
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS_DIR)),
+            project_config=ProjectConfiguration(
+                project_dir=str(out), logging_dir=str(out / run_files.LOGS_DIR)
+            ),
         )
         set_seed(config.seed, device_specific=True)
         self.device = self.accelerator.device
@@ -205,29 +198,17 @@ class StabilizedTrainer:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return Path(self.config.output_dir) / CHECKPOINTS_DIR
+        return run_files.checkpoints_dir(self.config.output_dir)
 
     def _resume(self) -> int:
-        done = sorted(
-            p for p in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()
-        )
-        if not done:
-            return 0
-        self.accelerator.load_state(str(done[-1]))
-        step = int(json.loads((done[-1] / STATE_FILE).read_text(encoding="utf-8"))["step"])
-        log.info("resuming from %s (step %d)", done[-1], step)
-        return step
+        return run_files.resume(self.accelerator, self.config.output_dir)
 
     def save_checkpoint(self) -> Path:
-        path = self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(path))
+        config = self.config
+        path = run_files.save_checkpoint(
+            self.accelerator, config.output_dir, self.step, to_dict(config), config.keep_checkpoints
+        )
         if self.accelerator.is_main_process:
-            state = {"step": self.step, "config": to_dict(self.config)}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            done = sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*"))
-            for old in done[: max(0, len(done) - self.config.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
             self.export()
         return path
 
@@ -254,7 +235,7 @@ class StabilizedTrainer:
             "avsyncnet": str(config.avsyncnet) if config.avsyncnet else None,
         }
         size: Literal["full", "tiny"] = "tiny" if config.tiny else "full"
-        out = Path(config.output_dir) / EXPORT_DIR
+        out = Path(config.output_dir) / run_files.EXPORT_DIR
         return export_stabilized(out, family, generator, silent, audio.encoder, size, info)
 
     # --- one step ---------------------------------------------------------------------------------
@@ -305,7 +286,7 @@ class StabilizedTrainer:
         self.audio.train(self.config.train_audio_encoder)
         if self.accelerator.is_main_process:
             columns = [identity, pose_reference(batch.target), generated, batch.target]
-            path = Path(self.config.output_dir) / VALIDATION_DIR / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"
+            path = run_files.validation_strip_path(self.config.output_dir, self.step)
             strip = save_strip([c[:, STRIP_FRAME].float().cpu() for c in columns], path)
             tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_image("validation", strip, self.step, dataformats="HWC")
@@ -313,16 +294,9 @@ class StabilizedTrainer:
         return l1
 
     def _log(self, values: dict[str, float]) -> None:
-        self.accelerator.log(values, step=self.step)
-        if self.accelerator.is_main_process:
-            with open(Path(self.config.output_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step, **values}) + "\n")
+        run_files.log_values(self.accelerator, self.config.output_dir, self.step, values)
 
     # --- loop -------------------------------------------------------------------------------------
-
-    def _batches(self) -> Iterator[StabilizedBatch]:
-        while True:
-            yield from self.loader
 
     def run(self) -> StabilizedTrainResult:
         config = self.config
@@ -339,7 +313,7 @@ class StabilizedTrainer:
             disable=not (self.progress and self.accelerator.is_main_process),
         )
         samples, started = 0, time.perf_counter()
-        batches = self._batches()
+        batches = run_files.endless(self.loader)
         while self.step < config.max_steps:
             logs = self.train_step(next(batches))
             samples += config.batch_size * self.accelerator.num_processes
@@ -356,7 +330,7 @@ class StabilizedTrainer:
         bar.close()
         seconds = time.perf_counter() - started
         self.accelerator.end_training()
-        export_dir = Path(config.output_dir) / EXPORT_DIR
+        export_dir = Path(config.output_dir) / run_files.EXPORT_DIR
         return StabilizedTrainResult(
             steps=self.step,
             start_step=self.start_step,

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +36,7 @@ from lipsync.models.musetalk.unet import audio_context, run_unet, unet_config
 from lipsync.models.musetalk.vae import decode_images, encode_images, masked_copy
 from lipsync.models.musetalk.weights import FAMILY, UNET_CONFIG_FILE, WeightsLayout
 from lipsync.models.weights import is_untrained
+from lipsync.train import run_files
 from lipsync.train.config import UNetTrainConfig, flat_hparams, to_dict, validate_unet_config
 from lipsync.train.data.features import ensure_whisper_features, stale_whisper_clips, whisper_weights_id
 from lipsync.train.export import EXPORT_VERSION, TRAINED_BY, export_unet
@@ -47,13 +46,6 @@ from lipsync.train.validation import save_strip
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-EXPORT_DIR = "export"
-VALIDATION_DIR = "validation"
-LOGS_DIR = "logs"
-STATE_FILE = "trainer.json"
-METRICS_FILE = "metrics.jsonl"  # every logged value, one JSON object per line (no TensorBoard needed)
-CHECKPOINT_PREFIX = "step-"
 DATASET_LENGTH = 1 << 30  # samples are drawn at random; the loader never runs out
 TENSORBOARD_PROJECT = "unet"
 
@@ -120,7 +112,9 @@ class UNetTrainer:
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision=config.mixed_precision,
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS_DIR)),
+            project_config=ProjectConfiguration(
+                project_dir=str(out), logging_dir=str(out / run_files.LOGS_DIR)
+            ),
         )
         set_seed(config.seed, device_specific=True)
         self.device = self.accelerator.device
@@ -292,30 +286,17 @@ class UNetTrainer:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return Path(self.config.output_dir) / CHECKPOINTS_DIR
+        return run_files.checkpoints_dir(self.config.output_dir)
 
     def _resume(self) -> int:
-        done = sorted(
-            p for p in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()
-        )
-        if not done:
-            return 0
-        latest = done[-1]
-        self.accelerator.load_state(str(latest))
-        step = int(json.loads((latest / STATE_FILE).read_text(encoding="utf-8"))["step"])
-        self.accelerator.print(f"resuming from {latest} (step {step})")
-        return step
+        return run_files.resume(self.accelerator, self.config.output_dir)
 
     def save_checkpoint(self) -> Path:
-        path = self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(path))
+        config = self.config
+        path = run_files.save_checkpoint(
+            self.accelerator, config.output_dir, self.step, to_dict(config), config.keep_checkpoints
+        )
         if self.accelerator.is_main_process:
-            state = {"step": self.step, "config": to_dict(self.config)}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            done = sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*"))
-            for old in done[: max(0, len(done) - self.config.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
             self.export()
         return path
 
@@ -328,7 +309,11 @@ class UNetTrainer:
         )
         unet = self.accelerator.unwrap_model(self.unet)
         return export_unet(
-            unet, self.unet_config, Path(self.config.weights), Path(self.config.output_dir) / EXPORT_DIR, info
+            unet,
+            self.unet_config,
+            Path(self.config.weights),
+            Path(self.config.output_dir) / run_files.EXPORT_DIR,
+            info,
         )
 
     # --- one step ---------------------------------------------------------------------------------
@@ -429,7 +414,7 @@ class UNetTrainer:
         self.unet.train()
         if self.accelerator.is_main_process:
             columns = [masked_copy(target), batch.reference.flatten(0, 1), pred, self_ref, target]
-            path = Path(self.config.output_dir) / VALIDATION_DIR / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"
+            path = run_files.validation_strip_path(self.config.output_dir, self.step)
             strip = save_strip([c.float().cpu() for c in columns], path)
             tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_image("validation", strip, self.step, dataformats="HWC")
@@ -437,16 +422,9 @@ class UNetTrainer:
         return l1
 
     def _log(self, values: dict[str, float]) -> None:
-        self.accelerator.log(values, step=self.step)
-        if self.accelerator.is_main_process:
-            with open(Path(self.config.output_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step, **values}) + "\n")
+        run_files.log_values(self.accelerator, self.config.output_dir, self.step, values)
 
     # --- loop -------------------------------------------------------------------------------------
-
-    def _batches(self) -> Iterator[UNetBatch]:
-        while True:
-            yield from self.loader
 
     def run(self) -> UNetTrainResult:
         config = self.config
@@ -464,7 +442,7 @@ class UNetTrainer:
         )
         samples = 0
         started = time.perf_counter()
-        batches = self._batches()
+        batches = run_files.endless(self.loader)
         while self.step < config.max_steps:
             batch = next(batches)
             logs = self.train_step(batch)
@@ -488,7 +466,7 @@ class UNetTrainer:
         bar.close()
         seconds = time.perf_counter() - started
         self.accelerator.end_training()
-        export_dir = Path(config.output_dir) / EXPORT_DIR
+        export_dir = Path(config.output_dir) / run_files.EXPORT_DIR
         return UNetTrainResult(
             steps=self.step,
             seconds=seconds,

@@ -348,18 +348,16 @@ class ServerEngine:
                     f"the server already has its limit of {limit} jobs queued or running",
                     "wait until some of them are done or failed, then retry",
                 )
-            for given in media.values():  # every upload exists before any is taken
-                if given.upload is not None:
-                    self.uploads.peek(given.upload)
-            names: dict[str, str] = {}  # role -> the file name the client knows
+            names = {  # role -> the file name the client knows; raises before any upload is taken
+                role: self.uploads.name(given.upload) if given.upload is not None else _path(given).name
+                for role, given in media.items()
+            }
             inputs: dict[str, Path] = {}
             uploads: list[Path] = []
             for role, given in media.items():
                 if given.upload is None:
-                    assert given.path is not None
-                    names[role], inputs[role] = given.path.name, given.path
+                    inputs[role] = _path(given)
                 else:
-                    names[role] = self.uploads.name(given.upload)
                     inputs[role] = self.uploads.claim(given.upload)
                     uploads.append(inputs[role])
             job = _Job(uuid.uuid4().hex, kind, name, inputs, tuple(uploads), **request)
@@ -502,6 +500,11 @@ class ServerEngine:
             shutil.rmtree(results, ignore_errors=True)
         with self._load_lock:
             self._avatars.clear()
+
+
+def _path(given: MediaInput) -> Path:
+    assert given.path is not None, "a media input is a path or an upload"
+    return given.path
 
 
 def _remove_output(job: _Job) -> None:

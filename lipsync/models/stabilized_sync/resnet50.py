@@ -27,6 +27,16 @@ RESNET50_FEATURES = RESNET50_WIDTHS[-1] * BOTTLENECK_EXPANSION  # 2048
 RGB_CHANNELS = 3
 
 
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """A residual block's shortcut where its shape changes (1×1 strided conv + BN); None where it does not."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
 class Bottleneck(nn.Module):
     """1×1 → BN → ReLU → 3×3 (stride) → BN → ReLU → 1×1 → BN, + shortcut, → ReLU."""
 
@@ -40,12 +50,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

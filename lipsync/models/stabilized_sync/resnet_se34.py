@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipsync.models.stabilized_sync.resnet50 import projection_shortcut
+
 SE34_BLOCKS = (3, 4, 6, 3)
 SE34_CHANNELS = (16, 32, 64, 128)
 SE34_STRIDES = (1, 2, 2, 1)
@@ -59,12 +61,7 @@ class SEBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcitation(channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(channels),
-            )
+        self.downsample = projection_shortcut(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.relu(self.conv1(x)))

@@ -171,6 +171,21 @@ def test_silent_generator_lowers_held_out_l1_resumes_and_exports(
     assert read_config(second.export_dir).silent_lip_references is False
 
 
+def test_a_time_limited_run_stops_validated_saved_and_exported(
+    prepared_media: Path, avsyncnet: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = stabilized_config(
+        "stabilized-silent-tiny", prepared_media, out, avsyncnet=avsyncnet, max_steps=100_000, max_seconds=2.0
+    )
+    result = train_stabilized(config, progress=False)
+    assert 0 < result.steps < 100_000
+    assert result.validation_l1[-1][0] == result.steps
+    assert (out / "checkpoints" / f"step-{result.steps:08d}").is_dir()
+    assert result.export_dir is not None
+    assert read_weights_manifest(result.export_dir)["stabilized-sync"].training["steps"] == result.steps
+
+
 def test_talking_generator_lowers_held_out_l1_and_its_export_dubs(
     prepared_media: Path,
     avsyncnet: Path,
@@ -275,6 +290,7 @@ def test_ablation_switches_run(prepared_media: Path, avsyncnet: Path, tmp_path: 
         ("stage: silent\n", "avsyncnet"),
         ("stage: silent\navsyncnet: a.safetensors\nface_size: 100\n", "face_size"),
         ("stage: silent\navsyncnet: a.safetensors\nbatch_size: 0\n", "batch_size"),
+        ("stage: silent\navsyncnet: a.safetensors\nmax_seconds: 0\n", "max_seconds"),
     ],
 )
 def test_a_bad_stabilized_config_names_the_field(yaml: str, field: str, tmp_path: Path) -> None:

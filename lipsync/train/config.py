@@ -208,6 +208,7 @@ class StabilizedTrainConfig:
     silent_references: bool = True  # stage talking: G_S closes the identity references' lips
     batch_size: int = 16  # samples of 5 consecutive frames
     max_steps: int = 200_000
+    max_seconds: float | None = None  # also stop after this wall time (validated, saved and exported)
     lr: float = 1e-4  # paper §3.5 (Adam betas (0.5, 0.999) are fixed)
     mixed_precision: MixedPrecision = "no"
     checkpoint_every: int = 5000

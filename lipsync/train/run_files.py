@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from accelerate import Accelerator
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -77,3 +78,14 @@ def endless(loader: Iterable[T]) -> Iterator[T]:
     """The loader's batches, epoch after epoch."""
     while True:
         yield from loader
+
+
+def out_of_time(accelerator: Accelerator, seconds: float, max_seconds: float | None) -> bool:
+    """Whether a run limited to `max_seconds` of wall time should stop; every process agrees (any one
+    over the limit stops them all), so none waits forever on the others."""
+    if max_seconds is None:
+        return False
+    over = torch.tensor(float(seconds >= max_seconds), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        over = accelerator.reduce(over, reduction="sum")
+    return float(over) > 0

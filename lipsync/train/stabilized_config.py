@@ -53,6 +53,8 @@ def validate_stabilized_config(config: StabilizedTrainConfig) -> LossWeights:
     for name in POSITIVE_FIELDS:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} is {getattr(config, name)}", f"give {name} >= 1")
+    if config.max_seconds is not None and config.max_seconds <= 0:
+        raise ConfigError(f"max_seconds is {config.max_seconds}", "give a positive time or leave it out")
     if config.lr <= 0:
         raise ConfigError(f"lr is {config.lr}", "give a positive learning rate (the paper: 1e-4)")
     for name in WEIGHT_FIELDS:

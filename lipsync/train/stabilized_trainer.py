@@ -315,6 +315,12 @@ class StabilizedTrainer:
         samples, started = 0, time.perf_counter()
         batches = run_files.endless(self.loader)
         while self.step < config.max_steps:
+            if run_files.out_of_time(self.accelerator, time.perf_counter() - started, config.max_seconds):
+                if self.step > self.start_step and self.step % config.validate_every:
+                    history.append((self.step, self.validate()))
+                if self.step > self.start_step and self.step % config.checkpoint_every:
+                    self.save_checkpoint()
+                break
             logs = self.train_step(next(batches))
             samples += config.batch_size * self.accelerator.num_processes
             self.step += 1

@@ -48,6 +48,7 @@ from lipsync.models.syncnet import (
     save_syncnet,
     sync_probability,
 )
+from lipsync.train import run_files
 from lipsync.train.config import ConfigError, SyncNetTrainConfig, flat_hparams
 from lipsync.train.losses.sync import sync_bce
 from lipsync.train.stabilized_avsync import (
@@ -334,14 +335,8 @@ def _train(
     batches = iter(loader)
     started = time.monotonic()
     while counters.step < config.max_steps:
-        if config.max_seconds is not None:
-            stop = torch.tensor(
-                float(time.monotonic() - started >= config.max_seconds), device=accelerator.device
-            )
-            if accelerator.num_processes > 1:
-                stop = accelerator.reduce(stop, reduction="sum")
-            if float(stop) > 0:
-                break
+        if run_files.out_of_time(accelerator, time.monotonic() - started, config.max_seconds):
+            break
         tick = time.monotonic()
         batch = next(batches).to(accelerator.device)
         with accelerator.autocast():

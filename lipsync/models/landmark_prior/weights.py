@@ -1,0 +1,223 @@
+"""The landmark-prior weights folder: its layout, a cheap check of every file, and untrained scaffolds.
+
+    ROOT/
+      lipsync.json                         which families the folder holds (written by scaffold)
+      landmark-prior/
+        config.json                        face size, widths, T, how many references of each kind
+        landmark_transformer.safetensors   the audio-to-landmark transformer (IP_LAP's)
+        alignment.safetensors              M_a, the alignment model
+        renderer.safetensors               M_r, the rendering model
+
+No weights of this family are published and there is no trainer yet: `lipsync weights scaffold DIR --model
+landmark-prior [--tiny] [--face-size 256]` writes random ones (for tests only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipsync.errors import WeightsError
+from lipsync.models.landmark_prior.alignment import AlignmentModel
+from lipsync.models.landmark_prior.config import FACE_SIZE, FACE_SIZES, RenderConfig
+from lipsync.models.landmark_prior.landmark_transformer import (
+    REFERENCE_SETS,
+    SEQUENCE_FRAMES,
+    LandmarkTransformer,
+    TransformerConfig,
+)
+from lipsync.models.landmark_prior.renderer import LIP_REFERENCES, RenderingModel
+from lipsync.models.scaffold import Noise
+from lipsync.models.stabilized_sync.weights import _random_weights as random_weights
+from lipsync.models.weights import (
+    FileCheck,
+    ModelEntry,
+    WeightsReport,
+    check_weights_file,
+    is_untrained,
+    write_model_entry,
+)
+
+FAMILY = "landmark-prior"
+VERSIONS: tuple[str, ...] = ("v1",)  # the layout's version; the face size is in config.json
+DEFAULT_VERSION = "v1"
+FAMILY_DIR = "landmark-prior"
+CONFIG_FILE = "config.json"
+TRANSFORMER_FILE = "landmark_transformer.safetensors"
+ALIGNMENT_FILE = "alignment.safetensors"
+RENDERER_FILE = "renderer.safetensors"
+CONFIG_FORMAT = "lipsync-landmark-prior"
+# Image references M_a warps: the paper's choice after its ablation (§4.6, Table 2: 25 is best and more
+# only costs time); §4.1 says a fifth of the video, which 25 is for a 5 s clip at 25 fps.
+IMAGE_REFERENCES = 25
+EXPECTED_TREE = f"""\
+  ROOT/
+    {FAMILY_DIR}/   {CONFIG_FILE}, {TRANSFORMER_FILE}, {ALIGNMENT_FILE}, {RENDERER_FILE}"""
+SOURCES = {
+    FAMILY_DIR: "no released files and no trainer yet: write untrained ones for tests "
+    "(lipsync weights scaffold DIR --model landmark-prior)"
+}
+SCAFFOLD_HINT = (
+    "`lipsync weights scaffold DIR --model landmark-prior [--tiny] [--face-size 256]` writes untrained "
+    "random weights in this layout (for tests only)"
+)
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """What config.json says: the networks' widths and how many references of each kind are read."""
+
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    sequence_frames: int = SEQUENCE_FRAMES  # T, the transformer's window (IP_LAP)
+    references: int = IMAGE_REFERENCES  # N, the reference images M_a warps
+    lip_references: int = LIP_REFERENCES  # the lip references of M_r's multi-reference lip module
+    landmark_references: int = REFERENCE_SETS  # N_l, the transformer's reference landmark sets
+
+    @property
+    def face_size(self) -> int:
+        return self.render.face_size
+
+    @property
+    def reference_frames(self) -> int:
+        """Frames picked per video: the three kinds are prefixes of one spread-out order."""
+        return max(self.references, self.lip_references, self.landmark_references)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CONFIG_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FamilyConfig:
+        transformer = TransformerConfig(**_settings(TransformerConfig, data["transformer"], "transformer"))
+        render = RenderConfig(**_settings(RenderConfig, data["render"], "render"))
+        if render.face_size not in FACE_SIZES:
+            raise ValueError(f"face size {render.face_size} is not one of {', '.join(map(str, FACE_SIZES))}")
+        counts = {name: data.get(name, getattr(cls, name)) for name in _COUNTS}
+        for name, value in counts.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} is {value!r}, not a positive whole number")
+        if counts["sequence_frames"] != SEQUENCE_FRAMES:
+            frames = counts["sequence_frames"]
+            raise ValueError(f"sequence_frames is {frames}: only T = {SEQUENCE_FRAMES} is built")
+        return cls(transformer, render, **counts)
+
+
+_COUNTS = ("sequence_frames", "references", "lip_references", "landmark_references")
+
+
+def _settings(kind: type, values: Any, what: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    unknown = sorted(set(values) - {f.name for f in fields(kind)})
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {', '.join(unknown)}")
+    return values
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    root: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.root / FAMILY_DIR
+
+    @property
+    def config(self) -> Path:
+        return self.folder / CONFIG_FILE
+
+    @property
+    def transformer(self) -> Path:
+        return self.folder / TRANSFORMER_FILE
+
+    @property
+    def alignment(self) -> Path:
+        return self.folder / ALIGNMENT_FILE
+
+    @property
+    def renderer(self) -> Path:
+        return self.folder / RENDERER_FILE
+
+    @property
+    def networks(self) -> tuple[Path, ...]:
+        return (self.transformer, self.alignment, self.renderer)
+
+
+def read_config(root: Path) -> FamilyConfig:
+    """config.json of the family in ROOT, or WeightsError saying what is wrong and how to fix it."""
+    path = WeightsLayout(Path(root)).config
+    if not path.is_file():
+        raise WeightsError(f"no {FAMILY} weights in {root}: {path} does not exist", SCAFFOLD_HINT)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"its format is {data.get('format')!r}, not {CONFIG_FORMAT!r}")
+        return FamilyConfig.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{path} is not a usable {FAMILY} config ({exc})", SCAFFOLD_HINT) from exc
+
+
+def check_weights(root: Path, version: str | None = None) -> WeightsReport:
+    """Every file of the layout: present, missing or malformed (no full loads)."""
+    root = Path(root)
+    layout = WeightsLayout(root)
+    checks = (_check_config(layout), *(check_weights_file(path) for path in layout.networks))
+    untrained = is_untrained(root, FAMILY)
+    title = "landmark prior"
+    return WeightsReport(root, FAMILY, title, checks, untrained, SOURCES, EXPECTED_TREE, SCAFFOLD_HINT)
+
+
+def _check_config(layout: WeightsLayout) -> FileCheck:
+    if not layout.config.is_file():
+        return FileCheck(layout.config, "missing", "")
+    try:
+        read_config(layout.root)
+    except WeightsError as exc:
+        return FileCheck(layout.config, "malformed", exc.problem.split("(", 1)[-1].rstrip(")"))
+    return FileCheck(layout.config, "present", "")
+
+
+def recognise(root: Path) -> bool:
+    """True when ROOT has this family's folder with its config."""
+    return WeightsLayout(Path(root)).config.is_file()
+
+
+def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: int = FACE_SIZE) -> None:
+    """Write random weights in the layout, marked untrained: full width (the paper's and IP_LAP's) or a
+    `tiny` configuration for tests, at 128 or 256 px. Refuses to write over weights not marked untrained."""
+    from safetensors.torch import save_file
+
+    if face_size not in FACE_SIZES:
+        raise WeightsError(
+            f"{FAMILY} has no {face_size} px configuration",
+            f"set `face_size` to one of {', '.join(map(str, FACE_SIZES))}",
+        )
+    root = Path(root)
+    layout = WeightsLayout(root)
+    existing = [path for path in layout.networks if path.exists()]
+    if existing and not is_untrained(root, FAMILY):
+        raise WeightsError(
+            f"{root} already holds {FAMILY} weights ({existing[0]}) not marked untrained: "
+            "not overwriting them",
+            "scaffold into an empty folder",
+        )
+    config = FamilyConfig(
+        TransformerConfig.tiny() if tiny else TransformerConfig(),
+        RenderConfig.tiny(face_size) if tiny else RenderConfig.for_size(face_size),
+    )
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    layout.config.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    noise = Noise(seed)
+    with torch.device("meta"):
+        networks: dict[Path, torch.nn.Module] = {
+            layout.transformer: LandmarkTransformer(config.transformer),
+            layout.alignment: AlignmentModel(config.render),
+            layout.renderer: RenderingModel(config.render),
+        }
+    for path, network in networks.items():
+        save_file(random_weights(network, noise), str(path))
+    write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))

@@ -24,7 +24,7 @@ at multiples of it, and offline batch sizes are rounded up to it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from fractions import Fraction
@@ -191,6 +191,10 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest, times: StageTimes) -> np.ndarray:
         """(A, face_size, face_size, 3) uint8 RGB faces, one per row of the request."""
+
+    def prime(self, frame_arrays: Mapping[str, np.ndarray], sources: Sequence[int]) -> None:  # noqa: B027
+        """A live session opens on an avatar whose `frame_arrays` are these: work per source frame that
+        does not depend on speech may be done now, for frames `sources`, and kept. Default: nothing."""
 
     def warm_up(self, batch_size: int) -> None:  # noqa: B027 - optional hook: most families need none
         """Run every network once on a full batch, so first-call costs stay out of timings."""

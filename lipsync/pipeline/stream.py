@@ -111,6 +111,7 @@ class StreamSession:
         self.fps = avatar.fps
         self.width, self.height = avatar.info.width, avatar.info.height
         self.times = generator_times(generator)
+        generator.prime(avatar.frame_arrays, [s for s in range(avatar.frame_count) if avatar.has_face(s)])
         self._encode_image = encode_image
         self._commands: queue.Queue[_Audio | _Control] = queue.Queue()
         depth = self.settings.stage_queue_batches

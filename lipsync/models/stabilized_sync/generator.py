@@ -8,8 +8,10 @@ reference, the pose reference (the crop with its lower half masked) and F_A.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from lipsync.models.generator import (
     Generator,
     GeneratorInfo,
 )
+from lipsync.models.stabilized_sync.encoder_cache import DEFAULT_BUDGET_BYTES, EncoderCache, frame_key
 from lipsync.models.stabilized_sync.generator_net import pose_reference
 from lipsync.models.stabilized_sync.mel import silent_mel_window
 from lipsync.models.stabilized_sync.mel_stream import MelWindows
@@ -40,6 +43,7 @@ IDENTITY = "identity"  # per-frame array: the identity reference G_L reads, (S, 
 # covers the forehead as a face detector's box does (the paper crops with FAN's detections, Wav2Lip with
 # S3FD's; neither box is available from landmarks, so this is our choice).
 FOREHEAD_RATIO = 0.25
+PRIME_BATCH = 8  # frames per encoder call when a session primes the encoder cache
 
 
 class StabilizedSyncStage(str, Enum):
@@ -82,12 +86,18 @@ class StabilizedSyncGenerator(Generator):
     prepare_stages = (StabilizedSyncStage.SILENT_LIPS,)
     generate_stages = (StabilizedSyncStage.AUDIO_ENCODER, StabilizedSyncStage.GENERATOR)
 
-    def __init__(self, models: StabilizedSyncModels, weights: Path | None = None) -> None:
+    def __init__(
+        self,
+        models: StabilizedSyncModels,
+        weights: Path | None = None,
+        encoder_cache_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
         super().__init__(
             GeneratorInfo(FAMILY, DEFAULT_VERSION, weights, models.device, models.dtype, models.untrained)
         )
         self.models = models
         self.face_size = models.config.generator.face_size
+        self.encoder_cache = EncoderCache(encoder_cache_bytes)
 
     @classmethod
     def from_pretrained(
@@ -152,9 +162,38 @@ class StabilizedSyncGenerator(Generator):
         with times.measure(StabilizedSyncStage.AUDIO_ENCODER):
             audio = self.models.audio_encoder(mels)
         with times.measure(StabilizedSyncStage.GENERATOR):
-            identity = to_tensor(request.prepared[IDENTITY], self.device, self.dtype)
-            pose = pose_reference(to_tensor(request.prepared[FACE], self.device, self.dtype))
-            return to_images(self.models.generator(identity, pose, audio))
+            identities, crops = request.prepared[IDENTITY], request.prepared[FACE]
+            keys = [frame_key(i, c) for i, c in zip(identities, crops, strict=True)]
+            encoded = self.encoder_cache.encoded(keys, partial(self._encode_rows, identities, crops))
+            return to_images(self.models.generator.decode(encoded, audio))
+
+    def _encode_rows(self, identities: np.ndarray, crops: np.ndarray, rows: list[int]) -> list[Tensor]:
+        return self._encode(identities[rows], crops[rows])
+
+    def _encode(self, identities: np.ndarray, crops: np.ndarray) -> list[Tensor]:
+        """G_L's encoder outputs of these frames. A lone frame is encoded twice over as a batch of two:
+        oneDNN runs a batch of one with other kernels, whose last bits differ, and a frame's features
+        must not depend on which frames happened to miss the cache with it (streamed equals offline)."""
+        single = len(identities) == 1
+        if single:
+            identities, crops = np.repeat(identities, 2, axis=0), np.repeat(crops, 2, axis=0)
+        identity = to_tensor(identities, self.device, self.dtype)
+        pose = pose_reference(to_tensor(crops, self.device, self.dtype))
+        encoded = self.models.generator.encode(identity, pose)
+        return [level[:1] for level in encoded] if single else encoded
+
+    @torch.inference_mode()
+    def prime(self, frame_arrays: Mapping[str, np.ndarray], sources: Sequence[int]) -> None:
+        """Encode G_L's references of the avatar's frames ahead, as far as the cache's budget allows, so
+        a session's frames run the decoder only (the first session on an avatar opens that much later)."""
+        identities, crops = frame_arrays[IDENTITY], frame_arrays[FACE]
+        for start in range(0, len(sources), PRIME_BATCH):
+            rows = list(sources[start : start + PRIME_BATCH])
+            batch_identities, batch_crops = identities[rows], crops[rows]
+            keys = [frame_key(i, c) for i, c in zip(batch_identities, batch_crops, strict=True)]
+            encode = partial(self._encode_rows, batch_identities, batch_crops)
+            if not self.encoder_cache.fill(keys, encode):
+                return
 
     @torch.inference_mode()
     def warm_up(self, batch_size: int) -> None:

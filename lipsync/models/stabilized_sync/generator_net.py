@@ -151,15 +151,15 @@ class FaceEncodingBlock(nn.Module):
         super().__init__()
         self.down = conv_bn_relu(in_channels, out_channels, stride=DOWN_STRIDE)
         self.conv1 = conv_bn_relu(out_channels, out_channels)
-        self.conv2 = nn.Conv2d(
-            out_channels, out_channels, BLOCK_KERNEL, padding=BLOCK_KERNEL // 2, bias=False
+        self.conv2 = nn.Sequential(  # conv → BN, its ReLU after the residual sum
+            nn.Conv2d(out_channels, out_channels, BLOCK_KERNEL, padding=BLOCK_KERNEL // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
         )
-        self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.down(x)
-        return self.relu(self.bn2(self.conv2(self.conv1(h))) + h)
+        return self.relu(self.conv2(self.conv1(h)) + h)
 
 
 class FaceDecodingBlock(nn.Module):
@@ -262,13 +262,29 @@ class TalkingFaceGenerator(nn.Module):
                 f"audio must be (N, {self.config.audio_dim}) for N = {identity.shape[0]} faces, "
                 f"got {tuple(audio.shape)} (pose batch {pose.shape[0]})"
             )
+        return self.decode(self.encode(identity, pose), audio)
+
+    def encode(self, identity: Tensor, pose: Tensor) -> list[Tensor]:
+        """The audio-independent half: [fused 1 × 1 bottleneck, then per FD block, deepest first, the
+        identity and pose features of its resolution concatenated]. Depends only on the two references,
+        so inference may keep it per source frame."""
         identity_features = self.identity_encoder(identity)
         pose_features = self.pose_encoder(pose)
-        x = self.fuse(torch.cat([identity_features[-1], pose_features[-1]], dim=1))
-        x = torch.cat([x, audio[:, :, None, None].to(x.dtype)], dim=1)
+        fused = self.fuse(torch.cat([identity_features[-1], pose_features[-1]], dim=1))
         skips = zip(identity_features[-2::-1], pose_features[-2::-1], strict=True)  # deepest first
-        for block, (identity_skip, pose_skip) in zip(self.decoder, skips, strict=True):
-            x = torch.cat([block(x), identity_skip, pose_skip], dim=1)
+        return [fused, *(torch.cat(pair, dim=1) for pair in skips)]
+
+    def decode(self, encoded: list[Tensor], audio: Tensor) -> Tensor:
+        """`encode`'s output and the audio embeddings (N, 512) → faces (N, 3, S, S)."""
+        fused, *skips = encoded
+        if audio.shape != (fused.shape[0], self.config.audio_dim):
+            raise ValueError(
+                f"audio must be (N, {self.config.audio_dim}) for N = {fused.shape[0]} faces, "
+                f"got {tuple(audio.shape)}"
+            )
+        x = torch.cat([fused, audio[:, :, None, None].to(fused.dtype)], dim=1)
+        for block, skip in zip(self.decoder, skips, strict=True):
+            x = torch.cat([block(x), skip], dim=1)
         return self.head(x)
 
 

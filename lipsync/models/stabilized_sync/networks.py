@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipsync.models.batch_norm_folding import fold_batch_norms
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
 from lipsync.models.device import image_memory_format
 from lipsync.models.stabilized_sync.generator_net import TalkingFaceGenerator
@@ -83,7 +84,8 @@ def load_models(
 
 
 def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, dtype: torch.dtype) -> M:
-    """A network built on the meta device, its file's tensors assigned strictly, frozen in eval mode.
+    """A network built on the meta device, its file's tensors assigned strictly, frozen in eval mode; a
+    generator's batch norms are folded into the convolutions before them (nothing trains these).
     The audio encoder's file holds the ResNetSE-34 alone (as AVSyncNet's `audio_encoder` saves it)."""
     require_weights_file(path, f"the {FAMILY} {what} weights", path.name, SCAFFOLD_HINT)
     with torch.device("meta"):
@@ -95,4 +97,7 @@ def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, d
     network.requires_grad_(False)
     network.to(device)
     nn.Module.to(network, memory_format=image_memory_format(device))  # type: ignore[call-overload]
-    return network.eval()
+    network.eval()
+    if isinstance(network, TalkingFaceGenerator):
+        fold_batch_norms(network)
+    return network

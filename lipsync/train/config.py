@@ -204,6 +204,10 @@ class StabilizedTrainConfig:
     tiny: bool = False  # narrow networks (GeneratorConfig.tiny): tests only
     avsyncnet: Path | None = None  # `lipsync train syncnet` kind avsyncnet file: its audio encoder gives F_A
     train_audio_encoder: bool = False  # train F_A's encoder with the generator (ablation setup A)
+    # F_A's encoder: AVSyncNet's on mel windows, or wav2vec 2.0 on waveform windows (ablation setup C: frozen,
+    # its projection to F_A trains; train_audio_encoder fine-tunes it too)
+    audio_encoder: Literal["avsyncnet", "wav2vec2"] = "avsyncnet"
+    wav2vec2: Path | None = None  # a Hugging Face wav2vec2 folder (config.json and the weights file)
     silent_generator: Path | None = None  # stage talking: the silent stage's export folder (G_S)
     silent_references: bool = True  # stage talking: G_S closes the identity references' lips
     batch_size: int = 16  # samples of 5 consecutive frames

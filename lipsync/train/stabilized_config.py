@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from lipsync.models.stabilized_sync.generator_net import FACE_SIZES
 from lipsync.models.stabilized_sync.losses import SILENT_LIP_WEIGHTS, TALKING_FACE_WEIGHTS, LossWeights
+from lipsync.models.stabilized_sync.wav2vec2 import WAV2VEC2_SOURCE, wav2vec2_folder_problem
 from lipsync.train.config import ConfigError, StabilizedTrainConfig
 
 POSITIVE_FIELDS = (
@@ -40,10 +42,32 @@ def needs_sync_expert(config: StabilizedTrainConfig) -> bool:
 
 
 def needs_avsyncnet(config: StabilizedTrainConfig) -> bool:
-    """F_A comes from the AVSyncNet audio encoder unless it is trained from scratch; the sync loss scores
-    with AVSyncNet unless Wav2Lip's SyncNet is asked for."""
+    """F_A comes from the AVSyncNet audio encoder unless it is trained from scratch or wav2vec2 gives it;
+    the sync loss scores with AVSyncNet unless Wav2Lip's SyncNet is asked for."""
     scoring = needs_sync_expert(config) and config.loss.sync_expert == "avsyncnet"
-    return not config.train_audio_encoder or scoring
+    feeds = config.audio_encoder == "avsyncnet" and not config.train_audio_encoder
+    return feeds or scoring
+
+
+def uses_avsyncnet(config: StabilizedTrainConfig) -> bool:
+    """The AVSyncNet file is read: needed, or given as the start of an AVSyncNet encoder that trains."""
+    return needs_avsyncnet(config) or (config.audio_encoder == "avsyncnet" and config.avsyncnet is not None)
+
+
+def require_wav2vec2_folder(config: StabilizedTrainConfig) -> Path | None:
+    """The wav2vec2 folder of audio_encoder wav2vec2 (None for AVSyncNet's encoder); ConfigError naming
+    what is missing and where the files come from."""
+    if config.audio_encoder != "wav2vec2" or config.wav2vec2 is None:
+        return None
+    problem = wav2vec2_folder_problem(config.wav2vec2)
+    if problem is not None:
+        raise ConfigError(
+            f"wav2vec2: {problem}",
+            f"download facebook/wav2vec2-base-960h ({WAV2VEC2_SOURCE}: config.json, model.safetensors or "
+            f"pytorch_model.bin, preprocessor_config.json) into {config.wav2vec2}, or point wav2vec2 at "
+            "another wav2vec 2.0 folder",
+        )
+    return Path(config.wav2vec2)
 
 
 def validate_stabilized_config(config: StabilizedTrainConfig) -> LossWeights:
@@ -80,6 +104,16 @@ def validate_stabilized_config(config: StabilizedTrainConfig) -> LossWeights:
             "silent_generator is missing for stage talking with silent_references",
             "give the silent stage's export folder (runs/stabilized-silent/export), "
             "or set silent_references: false",
+        )
+    if config.audio_encoder == "wav2vec2" and config.wav2vec2 is None:
+        raise ConfigError(
+            "wav2vec2 is missing for audio_encoder wav2vec2",
+            f"give a Hugging Face wav2vec 2.0 folder (facebook/wav2vec2-base-960h from {WAV2VEC2_SOURCE})",
+        )
+    if config.audio_encoder != "wav2vec2" and config.wav2vec2 is not None:
+        raise ConfigError(
+            f"wav2vec2 is set but audio_encoder is {config.audio_encoder}",
+            "set audio_encoder: wav2vec2 (ablation setup C), or drop wav2vec2",
         )
     if needs_avsyncnet(config) and config.avsyncnet is None:
         raise ConfigError(

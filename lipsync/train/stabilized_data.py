@@ -12,7 +12,9 @@ and inference therefore see faces framed alike.
 5-frame window of the same clip that does not overlap the targets (random, as Wav2Lip draws them); the
 pose references are the targets with their lower half masked (made by the trainer); the audio is each
 frame's own 16-column mel window (`lipsync.models.stabilized_sync.mel.mel_window`), and the window of the
-first frame covers the 5 frames together (what the sync expert scores).
+first frame covers the 5 frames together (what the sync expert scores). With `waveforms` (the wav2vec2 audio
+encoder, ablation setup C) each frame also gets the raw samples its mel window is computed from
+(`lipsync.models.stabilized_sync.wav2vec2.wave_windows`, from the clip's audio.npy, which mel.npy is made of).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lipsync.config import FACE_SIZE, TRAINING_FPS, FaceSettings
 from lipsync.face.crop import CropBox
 from lipsync.models.stabilized_sync.mel import SYNC_FRAMES, mel_windows
+from lipsync.models.stabilized_sync.wav2vec2 import wave_windows
 from lipsync.train.config import ConfigError
 from lipsync.train.data.format import ClipMeta, PreparedClip, read_clip
 from lipsync.train.sampling import crops_to_images
@@ -85,6 +88,7 @@ class StabilizedBatch:
     mels: torch.Tensor  # (B, 5, 1, 80, 16): each frame's mel window
     clip_ids: tuple[str, ...]
     starts: tuple[int, ...]  # first target frame of each sample
+    waves: torch.Tensor | None = None  # (B, 5, 3800): each frame's waveform window, when asked for
 
     def __len__(self) -> int:
         return len(self.target)
@@ -96,7 +100,12 @@ class StabilizedBatch:
 
     def to(self, device: torch.device | str) -> StabilizedBatch:
         return StabilizedBatch(
-            self.target.to(device), self.identity.to(device), self.mels.to(device), self.clip_ids, self.starts
+            self.target.to(device),
+            self.identity.to(device),
+            self.mels.to(device),
+            self.clip_ids,
+            self.starts,
+            None if self.waves is None else self.waves.to(device),
         )
 
 
@@ -108,10 +117,12 @@ class SampleIndex:
 
 
 class StabilizedClips:
-    """The clips of one split with their family-cropped faces and mel (cached, least recently used out)."""
+    """The clips of one split with their family-cropped faces and mel (cached, least recently used out);
+    with `waveforms`, their audio too, and batches carry waveform windows."""
 
-    def __init__(self, folders: Sequence[Path], face_size: int) -> None:
+    def __init__(self, folders: Sequence[Path], face_size: int, waveforms: bool = False) -> None:
         self.face_size = face_size
+        self.waveforms = waveforms
         self.metas: list[ClipMeta] = []
         self.folders: list[Path] = []
         for folder in folders:
@@ -126,7 +137,7 @@ class StabilizedClips:
                     meta.frame_count,
                     MIN_CLIP_FRAMES,
                 )
-        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.folders)
@@ -134,7 +145,7 @@ class StabilizedClips:
     def __getstate__(self) -> dict[str, object]:  # DataLoader workers start with an empty cache
         return {**self.__dict__, "_cache": OrderedDict()}
 
-    def _load(self, clip: int) -> tuple[torch.Tensor, np.ndarray]:
+    def _load(self, clip: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
         if clip in self._cache:
             self._cache.move_to_end(clip)
             return self._cache[clip]
@@ -142,6 +153,7 @@ class StabilizedClips:
         entry = (
             crops_to_images(family_crops(prepared, self.face_size)),
             np.asarray(prepared.mel, np.float32),
+            np.asarray(prepared.audio, np.float32) if self.waveforms else None,
         )
         self._cache[clip] = entry
         if len(self._cache) > CACHE_CLIPS:
@@ -157,19 +169,22 @@ class StabilizedClips:
         return SampleIndex(clip, start, int(rng.choice(far)))
 
     def batch(self, samples: Sequence[SampleIndex]) -> StabilizedBatch:
-        targets, identities, mels = [], [], []
+        targets, identities, mels, waves = [], [], [], []
         for sample in samples:
-            faces, mel = self._load(sample.clip)
+            faces, mel, audio = self._load(sample.clip)
             targets.append(faces[sample.start : sample.start + SYNC_FRAMES])
             identities.append(faces[sample.identity_start : sample.identity_start + SYNC_FRAMES])
             frames = list(range(sample.start, sample.start + SYNC_FRAMES))
             mels.append(torch.from_numpy(mel_windows(mel, frames, TRAINING_FPS)))
+            if audio is not None:
+                waves.append(torch.from_numpy(wave_windows(audio, frames, TRAINING_FPS)))
         return StabilizedBatch(
             torch.stack(targets),
             torch.stack(identities),
             torch.stack(mels),
             tuple(self.metas[s.clip].clip_id for s in samples),
             tuple(s.start for s in samples),
+            torch.stack(waves) if waves else None,
         )
 
 

@@ -2,8 +2,9 @@
 
 DIR/ is the layout of lipsync/models/stabilized_sync/weights.py: stabilized-sync/config.json (face size,
 generator widths, whether G_S closes the references), generator.safetensors (G_L),
-silent_generator.safetensors (G_S), audio_encoder.safetensors (the ResNetSE-34 state dict alone), all
-float32, and lipsync.json with the family, the training info (stage, steps, losses, ...) and
+silent_generator.safetensors (G_S), audio_encoder.safetensors (the ResNetSE-34 state dict alone; with the
+wav2vec2 encoder of ablation setup C, the wav2vec2 and its projection, config.json holding its Hugging Face
+config), all float32, and lipsync.json with the family, the training info (stage, steps, losses, ...) and
 `untrained: false`.
 """
 

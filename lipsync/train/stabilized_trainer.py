@@ -2,10 +2,11 @@
 
 One trainer on HuggingFace accelerate (one CPU or GPU; `accelerate launch` for several). Per step, on 5
 consecutive frames of B clips (`stabilized_data.py`): F_A from the frozen AVSyncNet audio encoder (or one
-trained with the generator), the identity references (stage talking: first closed by the frozen G_S fed
-silence, unless turned off), the pose references (targets with the lower half masked); the generator makes
-the faces, eq. 5's losses (`stabilized_losses.py`) update it with Adam (0.5, 0.999), then the discriminator
-takes its step on the same faces.
+trained with the generator; or, ablation setup C, a frozen wav2vec2 with a trained projection), the
+identity references (stage talking: first closed by the frozen G_S fed silence, unless turned off), the
+pose references (targets with the lower half masked); the generator makes the faces, eq. 5's losses
+(`stabilized_losses.py`) update it with Adam (0.5, 0.999), then the discriminator takes its step on the
+same faces.
 
 OUTPUT_DIR/
   checkpoints/step-N/   full state (networks, optimisers, RNGs) and trainer.json: a rerun resumes from it
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lipsync.errors import WeightsError
+from lipsync.models.checkpoint import read_state_dict, require_weights_file
 from lipsync.models.stabilized_sync.avsyncnet import AVSyncNet
 from lipsync.models.stabilized_sync.generator_net import (
     FaceDiscriminator,
@@ -41,13 +44,18 @@ from lipsync.models.stabilized_sync.generator_net import (
     pose_reference,
 )
 from lipsync.models.stabilized_sync.losses import ADAM_BETAS, discriminator_adversarial_loss
-from lipsync.models.stabilized_sync.mel import silent_mel_window
-from lipsync.models.stabilized_sync.networks import AudioEncoder, load_models
-from lipsync.models.stabilized_sync.weights import FamilyConfig
+from lipsync.models.stabilized_sync.networks import AudioEncoder, load_models, silent_audio_input
+from lipsync.models.stabilized_sync.wav2vec2 import Wav2Vec2AudioEncoder, load_pretrained_encoder
+from lipsync.models.stabilized_sync.weights import FamilyConfig, WeightsLayout
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, StabilizedTrainConfig, flat_hparams, to_dict
 from lipsync.train.stabilized_avsync import load_avsyncnet
-from lipsync.train.stabilized_config import needs_sync_expert, validate_stabilized_config
+from lipsync.train.stabilized_config import (
+    needs_sync_expert,
+    require_wav2vec2_folder,
+    uses_avsyncnet,
+    validate_stabilized_config,
+)
 from lipsync.train.stabilized_data import StabilizedBatch, StabilizedClips, StabilizedStream, fixed_batch
 from lipsync.train.stabilized_export import TRAINED_BY, export_stabilized
 from lipsync.train.stabilized_losses import GeneratorLosses, SyncExpert
@@ -98,10 +106,9 @@ class StabilizedTrainer:
         generator, discriminator = TalkingFaceGenerator(net), FaceDiscriminator(net)
 
         avsyncnet = self._avsyncnet()
-        audio = AudioEncoder(net.audio_dim)
-        if avsyncnet is not None:
-            audio.encoder.load_state_dict(avsyncnet.audio_encoder.state_dict())
-        audio.requires_grad_(config.train_audio_encoder).train(config.train_audio_encoder)
+        # The wav2vec2 encoder's projection always trains (the wav2vec2 itself only when asked).
+        self.audio_trains = config.train_audio_encoder or config.audio_encoder == "wav2vec2"
+        audio = self._audio_encoder(net.audio_dim, avsyncnet)
         self.losses = GeneratorLosses(config, self.weights, self._expert(avsyncnet)).to(self.device)
         self.silent, self.silent_audio = self._silent_generator(audio)
 
@@ -111,13 +118,14 @@ class StabilizedTrainer:
                 f"no training clips in {config.data.root} after the validation split",
                 "prepare more data, or hold out fewer clips (data.val_*)",
             )
-        self.train_clips = StabilizedClips(train_clips, config.face_size)
-        self.val_clips = StabilizedClips(val_clips or train_clips[:1], config.face_size)
+        waveforms = config.audio_encoder == "wav2vec2"
+        self.train_clips = StabilizedClips(train_clips, config.face_size, waveforms)
+        self.val_clips = StabilizedClips(val_clips or train_clips[:1], config.face_size, waveforms)
 
-        trained = [*generator.parameters(), *(audio.parameters() if config.train_audio_encoder else [])]
+        trained = [*generator.parameters(), *(p for p in audio.parameters() if p.requires_grad)]
         optimizer = torch.optim.Adam(trained, lr=config.lr, betas=ADAM_BETAS)
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=ADAM_BETAS)
-        if config.train_audio_encoder:  # one prepare: the optimiser holds the encoder's parameters too
+        if self.audio_trains:  # one prepare: the optimiser holds the encoder's parameters too
             prepared = self.accelerator.prepare(generator, discriminator, audio, optimizer, d_optimizer)
             self.generator, self.discriminator, self.audio, self.optimizer, self.d_optimizer = prepared
         else:
@@ -145,7 +153,7 @@ class StabilizedTrainer:
 
     def _avsyncnet(self) -> AVSyncNet | None:
         config = self.config
-        if config.avsyncnet is None:
+        if config.avsyncnet is None or not uses_avsyncnet(config):
             return None
         model, spec = load_avsyncnet(config.avsyncnet)
         if spec.face_size != config.face_size:
@@ -157,6 +165,24 @@ class StabilizedTrainer:
             )
         return model
 
+    def _audio_encoder(
+        self, audio_dim: int, avsyncnet: AVSyncNet | None
+    ) -> AudioEncoder | Wav2Vec2AudioEncoder:
+        """F_A's encoder: AVSyncNet's (frozen unless train_audio_encoder), or a pretrained wav2vec2 whose
+        projection trains (and the wav2vec2 too with train_audio_encoder)."""
+        config = self.config
+        folder = require_wav2vec2_folder(config)
+        if folder is not None:
+            try:
+                return load_pretrained_encoder(folder, audio_dim, config.train_audio_encoder)
+            except WeightsError as exc:
+                raise ConfigError(f"wav2vec2: {exc.problem}", exc.fix) from exc
+        audio = AudioEncoder(audio_dim)
+        if avsyncnet is not None:
+            audio.encoder.load_state_dict(avsyncnet.audio_encoder.state_dict())
+        audio.requires_grad_(config.train_audio_encoder).train(config.train_audio_encoder)
+        return audio
+
     def _expert(self, avsyncnet: AVSyncNet | None) -> SyncExpert | None:
         """The frozen scorer of the sync loss (stage talking with a sync weight), else None."""
         if not needs_sync_expert(self.config):
@@ -166,14 +192,16 @@ class StabilizedTrainer:
             return SyncExpert.wav2lip(syncnet)
         return SyncExpert(avsyncnet)
 
-    def _silent_generator(self, audio: AudioEncoder) -> tuple[TalkingFaceGenerator | None, Tensor | None]:
+    def _silent_generator(
+        self, audio: AudioEncoder | Wav2Vec2AudioEncoder
+    ) -> tuple[TalkingFaceGenerator | None, Tensor | None]:
         """Stage talking with silent references: the frozen G_S of the silent stage's export, and F_A of
         silence from the audio encoder G_S was trained with (the one in that export)."""
         config = self.config
         if config.stage != "talking" or not config.silent_references or config.silent_generator is None:
             return None, None
         models = load_models(
-            Path(config.silent_generator), self.device, torch.float32, silent_lip_references=True
+            Path(config.silent_generator), self.device, torch.float32, silent_lip_references=False
         )
         if models.config.generator != self.net_config:
             raise ConfigError(
@@ -181,18 +209,29 @@ class StabilizedTrainer:
                 f"this run trains {self.net_config}",
                 "set face_size / tiny to the silent stage's, or train G_S with them",
             )
-        assert models.silent_generator is not None
-        theirs, ours = models.audio_encoder.encoder.state_dict(), audio.encoder.state_dict()
-        if config.train_audio_encoder or any(not torch.equal(theirs[k], ours[k].to(theirs[k])) for k in ours):
+        # G_S as its file holds it: the loader folds batch norms into convolutions, and the export must
+        # write G_S in the layout the loader reads.
+        path = WeightsLayout(config.silent_generator).silent_generator
+        require_weights_file(path, "the G_S weights", path.name, "give the silent stage's export folder")
+        silent = TalkingFaceGenerator(self.net_config)
+        silent.load_state_dict(read_state_dict(path))
+        silent.requires_grad_(False).to(self.device).eval()
+        theirs, ours = models.audio_encoder.state_dict(), audio.state_dict()
+        same = models.config.audio_encoder == config.audio_encoder and theirs.keys() == ours.keys()
+        if (
+            self.audio_trains
+            or not same
+            or any(not torch.equal(theirs[k], ours[k].to(theirs[k])) for k in ours)
+        ):
             log.warning(
                 "G_L's audio encoder is not the one G_S was trained with (%s); at inference the exported "
                 "encoder feeds both, so G_S will hear silence through another encoder",
                 config.silent_generator,
             )
         with torch.no_grad():
-            mels = torch.from_numpy(silent_mel_window()[None]).to(self.device)
-            silent_audio = models.audio_encoder(mels)
-        return models.silent_generator, silent_audio
+            silence = torch.from_numpy(silent_audio_input(models.config)).to(self.device)
+            silent_audio = models.audio_encoder(silence)
+        return silent, silent_audio
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -221,6 +260,10 @@ class StabilizedTrainer:
         silent = self.silent if talking and self.silent is not None else generator
         audio = self.accelerator.unwrap_model(self.audio)
         family = FamilyConfig(self.net_config, silent_lip_references=talking and self.silent is not None)
+        if isinstance(audio, Wav2Vec2AudioEncoder):
+            family = replace(
+                family, audio_encoder="wav2vec2", wav2vec2=audio.hf_config, wav2vec2_normalize=audio.normalize
+            )
         loss = config.loss
         info = {
             "trained_by": TRAINED_BY,
@@ -232,19 +275,24 @@ class StabilizedTrainer:
             "sync_loss": loss.sync_loss if needs_sync_expert(config) else None,
             "sync_expert": loss.sync_expert if needs_sync_expert(config) else None,
             "triplet_loss": loss.triplet_loss if self.weights.triplet > 0 else None,
-            "avsyncnet": str(config.avsyncnet) if config.avsyncnet else None,
+            "avsyncnet": str(config.avsyncnet) if config.avsyncnet and uses_avsyncnet(config) else None,
+            "audio_encoder": config.audio_encoder,
+            "wav2vec2": str(config.wav2vec2) if config.wav2vec2 else None,
         }
         size: Literal["full", "tiny"] = "tiny" if config.tiny else "full"
         out = Path(config.output_dir) / run_files.EXPORT_DIR
-        return export_stabilized(out, family, generator, silent, audio.encoder, size, info)
+        encoder = audio if isinstance(audio, Wav2Vec2AudioEncoder) else audio.encoder
+        return export_stabilized(out, family, generator, silent, encoder, size, info)
 
     # --- one step ---------------------------------------------------------------------------------
 
     def _generate(self, batch: StabilizedBatch) -> tuple[Tensor, Tensor]:
         """(generated faces, identity references as the generator saw them), both (B, 5, 3, S, S)."""
         frames = batch.mels.shape[:2]
-        with torch.set_grad_enabled(self.config.train_audio_encoder and torch.is_grad_enabled()):
-            audio = self.audio(batch.mels.flatten(0, 1)).unflatten(0, frames)
+        inputs = batch.waves if self.config.audio_encoder == "wav2vec2" else batch.mels
+        assert inputs is not None  # the clips give waveform windows when the wav2vec2 encoder reads them
+        with torch.set_grad_enabled(self.audio_trains and torch.is_grad_enabled()):
+            audio = self.audio(inputs.flatten(0, 1)).unflatten(0, frames)
         identity = batch.identity
         if self.silent is not None and self.silent_audio is not None:
             with torch.no_grad():
@@ -283,7 +331,7 @@ class StabilizedTrainer:
             generated, identity = self._generate(batch)
         l1 = float((generated.float() - batch.target).abs().mean())
         self.generator.train()
-        self.audio.train(self.config.train_audio_encoder)
+        self.audio.train(self.audio_trains)
         if self.accelerator.is_main_process:
             columns = [identity, pose_reference(batch.target), generated, batch.target]
             path = run_files.validation_strip_path(self.config.output_dir, self.step)

@@ -31,9 +31,9 @@ from lipsync.models.generator import (
 )
 from lipsync.models.stabilized_sync.encoder_cache import DEFAULT_BUDGET_BYTES, EncoderCache, frame_key
 from lipsync.models.stabilized_sync.generator_net import pose_reference
-from lipsync.models.stabilized_sync.mel import silent_mel_window
 from lipsync.models.stabilized_sync.mel_stream import MelWindows
-from lipsync.models.stabilized_sync.networks import StabilizedSyncModels, load_models
+from lipsync.models.stabilized_sync.networks import StabilizedSyncModels, load_models, silent_audio_input
+from lipsync.models.stabilized_sync.wav2vec2 import WaveWindows
 from lipsync.models.stabilized_sync.weights import DEFAULT_VERSION, FAMILY
 from lipsync.timing import StageTimes
 
@@ -125,7 +125,7 @@ class StabilizedSyncGenerator(Generator):
         if silent is not None and len(faces.crops):
             with times.measure(StabilizedSyncStage.SILENT_LIPS):
                 crops = to_tensor(faces.crops, self.device, self.dtype)
-                mels = torch.from_numpy(silent_mel_window()[None]).to(self.device, self.dtype)
+                mels = torch.from_numpy(silent_audio_input(self.models.config)).to(self.device, self.dtype)
                 audio = self.models.audio_encoder(mels).expand(len(crops), -1)
                 identity = to_images(silent(crops, pose_reference(crops), audio))
         return {FACE: faces.crops, IDENTITY: identity}
@@ -150,11 +150,14 @@ class StabilizedSyncGenerator(Generator):
         }
 
     def offline_audio(self, samples: np.ndarray, fps: Fraction, mode: AudioFeatureMode) -> MelWindows:
-        """The same windows whatever the mode: each depends only on its own 0.2 s of audio."""
+        """The same windows whatever the mode: each depends only on its own 0.2 s of audio (mel windows,
+        or with the wav2vec2 encoder the waveform those windows are computed from)."""
+        if self.models.config.audio_encoder == "wav2vec2":
+            return WaveWindows.offline(samples, fps)
         return MelWindows.offline(samples, fps)
 
     def streaming_audio(self, fps: Fraction, settings: StreamSettings) -> MelWindows:
-        return MelWindows(fps)
+        return WaveWindows(fps) if self.models.config.audio_encoder == "wav2vec2" else MelWindows(fps)
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, times: StageTimes) -> np.ndarray:
@@ -198,6 +201,6 @@ class StabilizedSyncGenerator(Generator):
     @torch.inference_mode()
     def warm_up(self, batch_size: int) -> None:
         crops = np.zeros((batch_size, self.face_size, self.face_size, 3), dtype=np.uint8)
-        mels = np.repeat(silent_mel_window()[None], batch_size, axis=0)
+        mels = np.repeat(silent_audio_input(self.models.config), batch_size, axis=0)
         prepared = self.prepare(FaceBatch(crops, np.zeros((batch_size, 68, 2), np.float32), []), StageTimes())
         self.generate(GenerationRequest(prepared, {}, mels), StageTimes())

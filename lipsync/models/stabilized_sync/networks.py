@@ -2,7 +2,7 @@
 
 G_L makes each new face from an identity reference, a pose reference and F_A; G_S closes the lips of the
 identity references once per source frame (fed the mel of silence); the frozen AVSyncNet audio encoder
-turns each frame's mel window into F_A.
+turns each frame's mel window into F_A (ablation setup C: wav2vec2 its waveform window, `wav2vec2.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,7 +21,9 @@ from lipsync.models.batch_norm_folding import fold_batch_norms
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
 from lipsync.models.device import image_memory_format
 from lipsync.models.stabilized_sync.generator_net import TalkingFaceGenerator
+from lipsync.models.stabilized_sync.mel import silent_mel_window
 from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
+from lipsync.models.stabilized_sync.wav2vec2 import Wav2Vec2AudioEncoder, build_encoder, silent_wave_window
 from lipsync.models.stabilized_sync.weights import (
     FAMILY,
     SCAFFOLD_HINT,
@@ -52,7 +55,7 @@ class StabilizedSyncModels:
     config: FamilyConfig
     generator: TalkingFaceGenerator
     silent_generator: TalkingFaceGenerator | None
-    audio_encoder: AudioEncoder
+    audio_encoder: AudioEncoder | Wav2Vec2AudioEncoder  # config.audio_encoder says which
     device: torch.device
     dtype: torch.dtype
     untrained: bool
@@ -76,11 +79,24 @@ def load_models(
         silent_generator = _load(
             lambda: TalkingFaceGenerator(config.generator), layout.silent_generator, "G_S", device, dtype
         )
-    audio_dim = config.generator.audio_dim
-    audio = _load(lambda: AudioEncoder(audio_dim), layout.audio_encoder, "F_A", device, dtype)
+    audio = _load(lambda: build_audio_encoder(config), layout.audio_encoder, "F_A", device, dtype)
     return StabilizedSyncModels(
         config, generator, silent_generator, audio, device, dtype, is_untrained(root, FAMILY)
     )
+
+
+def build_audio_encoder(config: FamilyConfig) -> AudioEncoder | Wav2Vec2AudioEncoder:
+    """F_A's encoder as config.json names it, with untouched weights."""
+    if config.audio_encoder == "wav2vec2" and config.wav2vec2 is not None:
+        return build_encoder(config.wav2vec2, config.generator.audio_dim, config.wav2vec2_normalize)
+    return AudioEncoder(config.generator.audio_dim)
+
+
+def silent_audio_input(config: FamilyConfig) -> np.ndarray:
+    """One window of digital silence in the input form of config's audio encoder: (1, 1, 80, 16) mel or
+    (1, 3800) waveform."""
+    window = silent_wave_window() if config.audio_encoder == "wav2vec2" else silent_mel_window()
+    return window[None]
 
 
 def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, dtype: torch.dtype) -> M:

@@ -6,7 +6,9 @@
         config.json                  face size, generator widths, whether G_S closes the references
         generator.safetensors        G_L, the talking-face generator
         silent_generator.safetensors G_S, the silent-lip generator (same architecture)
-        audio_encoder.safetensors    the frozen AVSyncNet audio encoder (ResNetSE-34) that gives F_A
+        audio_encoder.safetensors    the frozen AVSyncNet audio encoder (ResNetSE-34) that gives F_A; with
+                                     `audio_encoder: wav2vec2` in config.json (ablation setup C), the
+                                     wav2vec2 model and its projection to F_A (`wav2vec2.py`)
 
 No weights of this family are published: they come from `lipsync train stabilized`, which exports this
 layout, or from `lipsync weights scaffold DIR --model stabilized-sync` (random, for tests).
@@ -47,6 +49,9 @@ GENERATOR_FILE = "generator.safetensors"
 SILENT_GENERATOR_FILE = "silent_generator.safetensors"
 AUDIO_ENCODER_FILE = "audio_encoder.safetensors"
 CONFIG_FORMAT = "lipsync-stabilized-sync"
+# F_A's encoder: AVSyncNet's ResNetSE-34 on mel windows (the paper's model), or wav2vec 2.0 on waveform
+# windows (ablation setup C, wav2vec2.py; audio_encoder.safetensors then holds wav2vec2 and its projection)
+AUDIO_ENCODERS = ("avsyncnet", "wav2vec2")
 EXPECTED_TREE = f"""\
   ROOT/
     {FAMILY_DIR}/   {CONFIG_FILE}, {GENERATOR_FILE}, {SILENT_GENERATOR_FILE}, {AUDIO_ENCODER_FILE}"""
@@ -68,6 +73,9 @@ class FamilyConfig:
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     silent_lip_references: bool = True  # G_S closes the lips of each identity reference (paper §3.2)
+    audio_encoder: str = "avsyncnet"  # F_A's encoder: one of AUDIO_ENCODERS
+    wav2vec2: dict[str, Any] | None = None  # audio_encoder wav2vec2: its Hugging Face config
+    wav2vec2_normalize: bool = True  # audio_encoder wav2vec2: zero mean, unit variance per window
 
     def to_json(self) -> dict[str, Any]:
         return {"format": CONFIG_FORMAT, **asdict(self)}
@@ -83,7 +91,19 @@ class FamilyConfig:
             raise ValueError(f"unknown generator settings: {', '.join(unknown)}")
         config = GeneratorConfig(**generator)
         config.validate()
-        return cls(config, bool(data.get("silent_lip_references", True)))
+        audio_encoder = data.get("audio_encoder", "avsyncnet")
+        if audio_encoder not in AUDIO_ENCODERS:
+            raise ValueError(f"audio_encoder is {audio_encoder!r}, not one of {', '.join(AUDIO_ENCODERS)}")
+        wav2vec2 = data.get("wav2vec2")
+        if audio_encoder == "wav2vec2" and not isinstance(wav2vec2, dict):
+            raise ValueError("audio_encoder is wav2vec2 but there is no wav2vec2 config")
+        return cls(
+            config,
+            bool(data.get("silent_lip_references", True)),
+            audio_encoder,
+            wav2vec2 if audio_encoder == "wav2vec2" else None,
+            bool(data.get("wav2vec2_normalize", True)),
+        )
 
 
 @dataclass(frozen=True)

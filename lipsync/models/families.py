@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 FAMILY_PACKAGES: dict[str, str] = {
     "musetalk": "lipsync.models.musetalk",
     "stabilized-sync": "lipsync.models.stabilized_sync",
+    "landmark-prior": "lipsync.models.landmark_prior",
 }
 FAMILY_NAMES = tuple(FAMILY_PACKAGES)
 DEFAULT_FAMILY = "musetalk"

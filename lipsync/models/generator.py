@@ -8,7 +8,9 @@ output frame is made in four steps, and a family decides each one:
 2. **What does not depend on speech.** `prepare` turns a batch of crops into per-frame arrays (`frame_arrays`
    says their shapes: MuseTalk's reference latents; a pixel-space family's masked and reference crops, or
    landmark sketches). `reference_frames` picks source frames whose prepared arrays every output frame
-   reads (several identity references), and `prepare_references` makes them. Avatars store both.
+   reads (several identity references), and `prepare_references` makes them; `track_references` makes
+   arrays from the whole face track (every frame's landmarks, no pixels) for a family whose frames read
+   their neighbours' landmarks. Avatars store all of them.
 3. **What the audio says.** `offline_audio` and `streaming_audio` make an `AudioConditioning`: per output
    frame, whatever the family conditions on (whisper tokens, a mel window, predicted landmarks). The stream
    form takes audio in chunks and says how many frames are ready (`ready_frames`): a family that needs audio
@@ -38,7 +40,7 @@ from lipsync.config import AudioFeatureMode, FaceSettings, StreamSettings
 from lipsync.face.crop import CropBox
 from lipsync.face.landmarks import FaceLandmarks
 from lipsync.face.mask import lower_face_mask
-from lipsync.face.track import landmark_box
+from lipsync.face.track import FaceTrack, landmark_box
 from lipsync.timing import StageTimes
 
 
@@ -170,6 +172,11 @@ class Generator(ABC):
 
     def prepare_references(self, faces: FaceBatch, times: StageTimes) -> dict[str, np.ndarray]:
         """Arrays made once from the crops of `reference_frames` (none by default)."""
+        return {}
+
+    def track_references(self, track: FaceTrack) -> dict[str, np.ndarray]:
+        """Arrays made once from the whole face track, boxes and landmarks of every frame (none by default);
+        stored and handed to `generate` with the other references."""
         return {}
 
     def recipe(self) -> dict[str, Any]:

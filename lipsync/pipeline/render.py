@@ -93,13 +93,14 @@ def reference_arrays(
     read_frame: Callable[[int], np.ndarray],
     times: StageTimes,
 ) -> dict[str, np.ndarray]:
-    """The generator's reference arrays, made from the source frames it picks from the whole track."""
+    """The generator's reference arrays: from the whole track, and from the source frames it picks."""
+    arrays = generator.track_references(track)
     has_face = track.boxes[:, 0] >= 0
     picked = [int(i) for i in generator.reference_frames(has_face, track.points) if has_face[int(i)]]
     if not picked:
-        return {}
+        return arrays
     frames = [read_frame(i) for i in picked]
-    return generator.prepare_references(face_batch(generator, track, picked, frames), times)
+    return {**arrays, **generator.prepare_references(face_batch(generator, track, picked, frames), times)}
 
 
 @torch.inference_mode()

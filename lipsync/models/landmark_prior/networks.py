@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from lipsync.errors import WeightsError
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
 from lipsync.models.device import image_memory_format
 from lipsync.models.landmark_prior.alignment import AlignmentModel
@@ -21,6 +22,7 @@ from lipsync.models.landmark_prior.weights import (
     SCAFFOLD_HINT,
     FamilyConfig,
     WeightsLayout,
+    check_weights,
     read_config,
 )
 from lipsync.models.weights import is_untrained
@@ -43,8 +45,13 @@ class LandmarkPriorModels:
 
 def load_models(root: Path, device: torch.device, dtype: torch.dtype) -> LandmarkPriorModels:
     """Every network of ROOT's landmark-prior folder, strictly (a missing, extra or misshapen tensor is an
-    error naming it and the fix)."""
+    error naming it and the fix), after a cheap check of every file (a missing or damaged one is named)."""
     root = Path(root)
+    report = check_weights(root)
+    if not report.ok:
+        raise WeightsError(
+            f"the {FAMILY} weights are missing or malformed.\n{report.format()}", SCAFFOLD_HINT
+        )
     config = read_config(root)
     layout = WeightsLayout(root)
     # The transformer is built for real: its position table is a computed buffer, not in the file.

@@ -123,11 +123,13 @@ class LandmarkPriorGenerator(Generator):
 
     def track_references(self, track: FaceTrack) -> dict[str, np.ndarray]:
         """Every frame's landmarks normalised to its crop box (the crop is the box resized to a square)."""
-        origin = track.boxes[:, None, :2].astype(np.float32)
-        extent = (track.boxes[:, None, 2:] - track.boxes[:, None, :2]).astype(np.float32)
-        landmarks = ((track.points - origin) / extent).transpose(0, 2, 1)
-        landmarks[track.boxes[:, 0] < 0] = np.nan
-        return {TRACK_LANDMARKS: landmarks.astype(np.float32)}
+        faces = track.boxes[:, 0] >= 0
+        boxes = track.boxes[faces, None].astype(np.float32)
+        landmarks = np.full((track.frame_count, COORDINATES, LANDMARK_COUNT), np.nan, np.float32)
+        landmarks[faces] = (
+            (track.points[faces] - boxes[..., :2]) / (boxes[..., 2:] - boxes[..., :2])
+        ).transpose(0, 2, 1)
+        return {TRACK_LANDMARKS: landmarks}
 
     def recipe(self) -> dict[str, Any]:
         """References depend on how many of each kind the config asks for."""

@@ -14,6 +14,7 @@ from torch import nn
 # Full-size scaffolds slice noise from a pool: drawing 850 M normal samples takes ~10 s, twice as long.
 _NOISE_POOL_SIZE = 1 << 24
 _SMALL_TENSOR = 1 << 16
+FRESH_BATCHNORM_BUFFERS = {"running_mean": 0.0, "running_var": 1.0}
 
 
 class Noise:
@@ -39,9 +40,17 @@ class Noise:
 
 
 def random_state_dict(module: nn.Module, noise: Noise) -> dict[str, torch.Tensor]:
-    """Random float32 tensors for every entry of module's state dict (which may live on the meta device)."""
+    """Random float32 tensors for every entry of module's state dict (which may live on the meta device);
+    BatchNorm statistics are those of a fresh network (mean 0, variance 1, no batches tracked)."""
     state: dict[str, torch.Tensor] = {}
     for name, ref in module.state_dict().items():
+        buffer = name.rsplit(".", 1)[-1]
+        if buffer in FRESH_BATCHNORM_BUFFERS:
+            state[name] = torch.full(ref.shape, FRESH_BATCHNORM_BUFFERS[buffer])
+            continue
+        if buffer == "num_batches_tracked":
+            state[name] = torch.zeros((), dtype=torch.long)
+            continue
         if ref.dim() > 1:  # LeCun-scaled, so activations stay O(1) through the random network
             std, mean = 1.0 / math.sqrt(math.prod(ref.shape[1:])), 0.0
         else:  # norm scales near 1, biases near 0

@@ -31,8 +31,7 @@ from lipsync.models.landmark_prior.landmark_transformer import (
     TransformerConfig,
 )
 from lipsync.models.landmark_prior.renderer import LIP_REFERENCES, RenderingModel
-from lipsync.models.scaffold import Noise
-from lipsync.models.stabilized_sync.weights import _random_weights as random_weights
+from lipsync.models.scaffold import Noise, random_state_dict
 from lipsync.models.weights import (
     FileCheck,
     ModelEntry,
@@ -219,5 +218,5 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
             layout.renderer: RenderingModel(config.render),
         }
     for path, network in networks.items():
-        save_file(random_weights(network, noise), str(path))
+        save_file(random_state_dict(network, noise), str(path))
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))

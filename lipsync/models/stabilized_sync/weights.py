@@ -64,9 +64,6 @@ SCAFFOLD_HINT = (
     "stabilized-sync [--tiny]` writes untrained random weights in it (for tests only)"
 )
 # BatchNorm buffers a random scaffold must set by hand: random running variances would be negative.
-_BATCHNORM_BUFFERS = {"running_mean": 0.0, "running_var": 1.0}
-
-
 @dataclass(frozen=True)
 class FamilyConfig:
     """What config.json says: the generator's configuration and how references are made."""
@@ -204,17 +201,5 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
             layout.audio_encoder: ResNetSE34(out_dim=config.generator.audio_dim),
         }
     for path, network in networks.items():
-        save_file(_random_weights(network, noise), str(path))
+        save_file(random_state_dict(network, noise), str(path))
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))
-
-
-def _random_weights(network: torch.nn.Module, noise: Noise) -> dict[str, torch.Tensor]:
-    """random_state_dict, with BatchNorm statistics of a fresh network (mean 0, variance 1, no batches)."""
-    state = random_state_dict(network, noise)
-    for name in state:
-        buffer = name.rsplit(".", 1)[-1]
-        if buffer in _BATCHNORM_BUFFERS:
-            state[name].fill_(_BATCHNORM_BUFFERS[buffer])
-        elif buffer == "num_batches_tracked":
-            state[name] = torch.zeros((), dtype=torch.long)
-    return state

@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lipsync import __version__
-from lipsync.cli import avatar_cmd, batch_cmd, data_cmd, eval_cmd, loadbench_cmd, serve_cmd, train_cmd
+from lipsync.cli import (
+    avatar_cmd,
+    batch_cmd,
+    data_cmd,
+    eval_cmd,
+    learning_check_cmd,
+    loadbench_cmd,
+    serve_cmd,
+    train_cmd,
+)
 from lipsync.cli.options import (
     add_face_options,
     add_image_fps_option,
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.register(commands)
     train_cmd.register(commands)
     eval_cmd.register(commands)
+    learning_check_cmd.register(commands)
     return parser
 
 
@@ -297,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": train_cmd.run,
         "eval": eval_cmd.run,
         eval_cmd.ROBUSTNESS_COMMAND: eval_cmd.run_sync_robustness,
+        learning_check_cmd.COMMAND: learning_check_cmd.run,
     }
     try:
         return handlers[args.command](args)

@@ -1,0 +1,18 @@
+"""`lipsync learning-check`: does a generator family learn, on a few clips, on this machine, in an hour?
+
+Each clip is cut at 80 % of its frames: the heads are prepared as one training dataset, the recipe's stages
+train on them (each time-boxed), and the result dubs the held-out tails with their own audio. The dubs are
+scored against the real tails beside three controls (the same model fed shuffled audio, a mouth copied
+from another frame, and the real tail itself). A recipe is a family's list of training stages plus which
+stage's output dubs and which one judges sync (`recipes.py`); the rest does not depend on the family.
+"""
+
+from lipsync.train.learning_check.config import LearningCheckConfig, load_learning_check_config
+from lipsync.train.learning_check.run import LearningCheckResult, run_learning_check
+
+__all__ = [
+    "LearningCheckConfig",
+    "LearningCheckResult",
+    "load_learning_check_config",
+    "run_learning_check",
+]

@@ -1,0 +1,115 @@
+"""Dub every tail (trained model, shuffled audio, copied mouth) and score it against the real tail.
+
+Each video is scored by `lipsync eval` itself (lipsync.eval.run.evaluate) against the tail, with the tail's
+own audio: mouth LMD, the judge SyncNet's confidence and offset, PSNR/SSIM of the face crop, and LSE when
+syncnet_v2 weights are given. The dubs are made with `silence: generate`, so every frame of the tail shows
+a generated (or copied) mouth, pauses included: nothing of the real mouth is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lipsync.config import AUDIO_SAMPLE_RATE
+from lipsync.eval.networks.weights import EvalWeightFiles
+from lipsync.eval.report import EvalReport
+from lipsync.io.audio import load_audio
+from lipsync.train.learning_check.config import EvaluationSettings
+from lipsync.train.learning_check.split import SplitClip, write_wav
+
+ROWS = ("trained", "shuffled audio", "copied mouth", "real")
+EVAL_DIR = "eval"
+NO_WEIGHTS_DIR = "no-eval-weights"  # an empty folder: only the weight-free metrics and the judge run
+
+# report key -> `lipsync eval` metric key
+METRICS: dict[str, str] = {
+    "lmd": "lmd",
+    "judge_confidence": "own_sync_confidence",
+    "judge_offset": "own_sync_offset",
+    "psnr": "psnr",
+    "ssim": "ssim",
+    "lse_c": "lse_c",
+    "lse_d": "lse_d",
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one row of one clip: its value, or why there is none."""
+
+    value: float | None
+    samples: int = 0
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        value = self.value if self.value is None or math.isfinite(self.value) else str(self.value)
+        return {"value": value, "samples": self.samples, "note": self.note}
+
+
+ClipScores = dict[str, dict[str, Score]]  # row -> metric -> score
+
+
+def score_clip(
+    clip: SplitClip,
+    dub: Callable[[Path, Path, Path, int], None],
+    copy_mouth: Callable[[Path, Path, Path, int], None],
+    judge: Path,
+    settings: EvaluationSettings,
+    out: Path,
+    say: Callable[[str], None],
+) -> ClipScores:
+    """The four rows of one tail; videos and `lipsync eval` reports under out/eval/CLIP."""
+    from lipsync.train.learning_check.controls import shuffled_audio
+
+    folder = out / EVAL_DIR / clip.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tail, tail_audio = Path(clip.tail), Path(clip.tail_audio)
+    samples = load_audio(tail_audio).samples
+    piece = max(1, round(settings.shuffle_piece_seconds * AUDIO_SAMPLE_RATE))
+    shuffled = write_wav(folder / "shuffled-audio.wav", shuffled_audio(samples, piece, settings.seed))
+    frames = clip.tail_frames
+
+    videos: dict[str, Path] = {}
+    for row, make, audio in (
+        ("trained", dub, tail_audio),
+        ("shuffled audio", dub, shuffled),
+        ("copied mouth", copy_mouth, tail_audio),
+    ):
+        video = folder / f"{row.replace(' ', '-')}.mp4"
+        say(f"  {clip.name}: dubbing '{row}'")
+        make(tail, audio, video, frames)
+        videos[row] = video
+    videos["real"] = tail
+
+    weights = EvalWeightFiles.in_folder(
+        settings.eval_weights or out / EVAL_DIR / NO_WEIGHTS_DIR, syncnet=judge
+    )
+    scores: ClipScores = {}
+    for row in ROWS:
+        say(f"  {clip.name}: scoring '{row}'")
+        report = _evaluate(videos[row], tail, tail_audio, weights, settings, folder / row.replace(" ", "-"))
+        scores[row] = {key: _score(report, metric) for key, metric in METRICS.items()}
+    return scores
+
+
+def _evaluate(
+    video: Path, tail: Path, audio: Path, weights: EvalWeightFiles, settings: EvaluationSettings, out: Path
+) -> EvalReport:
+    from lipsync.eval.run import EvalOptions, evaluate
+
+    options = EvalOptions(device=settings.device, batch_size=settings.batch_size, progress=False)
+    return evaluate(video, out, reference=tail, audio=audio, weights=weights, options=options, force=True)
+
+
+def _score(report: EvalReport, key: str) -> Score:
+    try:
+        metric = report.metric(key)
+    except KeyError:
+        return Score(None, note=f"`lipsync eval` has no {key}")
+    if metric.status != "ok" or metric.value is None:
+        return Score(None, note=metric.skipped_reason)
+    return Score(metric.value, metric.samples, "untrained weights" if metric.untrained_weights else "")

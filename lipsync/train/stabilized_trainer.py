@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lipsync.errors import WeightsError
-from lipsync.models.checkpoint import read_state_dict, require_weights_file
 from lipsync.models.stabilized_sync.avsyncnet import AVSyncNet
 from lipsync.models.stabilized_sync.generator_net import (
     FaceDiscriminator,
@@ -46,7 +45,7 @@ from lipsync.models.stabilized_sync.generator_net import (
 from lipsync.models.stabilized_sync.losses import ADAM_BETAS, discriminator_adversarial_loss
 from lipsync.models.stabilized_sync.networks import AudioEncoder, load_models, silent_audio_input
 from lipsync.models.stabilized_sync.wav2vec2 import Wav2Vec2AudioEncoder, load_pretrained_encoder
-from lipsync.models.stabilized_sync.weights import FamilyConfig, WeightsLayout
+from lipsync.models.stabilized_sync.weights import FamilyConfig
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, StabilizedTrainConfig, flat_hparams, to_dict
 from lipsync.train.stabilized_avsync import load_avsyncnet
@@ -201,7 +200,7 @@ class StabilizedTrainer:
         if config.stage != "talking" or not config.silent_references or config.silent_generator is None:
             return None, None
         models = load_models(
-            Path(config.silent_generator), self.device, torch.float32, silent_lip_references=False
+            Path(config.silent_generator), self.device, torch.float32, silent_lip_references=True, fold=False
         )
         if models.config.generator != self.net_config:
             raise ConfigError(
@@ -209,13 +208,8 @@ class StabilizedTrainer:
                 f"this run trains {self.net_config}",
                 "set face_size / tiny to the silent stage's, or train G_S with them",
             )
-        # G_S as its file holds it: the loader folds batch norms into convolutions, and the export must
-        # write G_S in the layout the loader reads.
-        path = WeightsLayout(config.silent_generator).silent_generator
-        require_weights_file(path, "the G_S weights", path.name, "give the silent stage's export folder")
-        silent = TalkingFaceGenerator(self.net_config)
-        silent.load_state_dict(read_state_dict(path))
-        silent.requires_grad_(False).to(self.device).eval()
+        silent = models.silent_generator  # unfolded: the export writes it back in the file's layout
+        assert silent is not None
         theirs, ours = models.audio_encoder.state_dict(), audio.state_dict()
         same = models.config.audio_encoder == config.audio_encoder and theirs.keys() == ours.keys()
         if (

@@ -66,20 +66,25 @@ def load_models(
     device: torch.device,
     dtype: torch.dtype,
     silent_lip_references: bool | None = None,
+    fold: bool = True,
 ) -> StabilizedSyncModels:
     """Every network of ROOT's stabilized-sync folder, strictly (a missing, extra or misshapen tensor is an
-    error naming it). `silent_lip_references` overrides config.json's choice (False: no G_S is loaded)."""
+    error naming it). `silent_lip_references` overrides config.json's choice (False: no G_S is loaded).
+    `fold` folds the generators' batch norms into their convolutions (inference); a trainer that writes
+    a loaded generator back out keeps the file's layout with fold=False."""
     root = Path(root)
     config = read_config(root)
     layout = WeightsLayout(root)
     silent = config.silent_lip_references if silent_lip_references is None else silent_lip_references
-    generator = _load(lambda: TalkingFaceGenerator(config.generator), layout.generator, "G_L", device, dtype)
+
+    def generator_network() -> TalkingFaceGenerator:
+        return TalkingFaceGenerator(config.generator)
+
+    generator = _load(generator_network, layout.generator, "G_L", device, dtype, fold)
     silent_generator = None
     if silent:
-        silent_generator = _load(
-            lambda: TalkingFaceGenerator(config.generator), layout.silent_generator, "G_S", device, dtype
-        )
-    audio = _load(lambda: build_audio_encoder(config), layout.audio_encoder, "F_A", device, dtype)
+        silent_generator = _load(generator_network, layout.silent_generator, "G_S", device, dtype, fold)
+    audio = _load(lambda: build_audio_encoder(config), layout.audio_encoder, "F_A", device, dtype, fold)
     return StabilizedSyncModels(
         config, generator, silent_generator, audio, device, dtype, is_untrained(root, FAMILY)
     )
@@ -99,9 +104,11 @@ def silent_audio_input(config: FamilyConfig) -> np.ndarray:
     return window[None]
 
 
-def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, dtype: torch.dtype) -> M:
-    """A network built on the meta device, its file's tensors assigned strictly, frozen in eval mode; a
-    generator's batch norms are folded into the convolutions before them (nothing trains these).
+def _load(
+    build: Callable[[], M], path: Path, what: str, device: torch.device, dtype: torch.dtype, fold: bool
+) -> M:
+    """A network built on the meta device, its file's tensors assigned strictly, frozen in eval mode; with
+    `fold`, a generator's batch norms are folded into the convolutions before them.
     The audio encoder's file holds the ResNetSE-34 alone (as AVSyncNet's `audio_encoder` saves it)."""
     require_weights_file(path, f"the {FAMILY} {what} weights", path.name, SCAFFOLD_HINT)
     with torch.device("meta"):
@@ -114,6 +121,6 @@ def _load(build: Callable[[], M], path: Path, what: str, device: torch.device, d
     network.to(device)
     nn.Module.to(network, memory_format=image_memory_format(device))  # type: ignore[call-overload]
     network.eval()
-    if isinstance(network, TalkingFaceGenerator):
+    if fold and isinstance(network, TalkingFaceGenerator):
         fold_batch_norms(network)
     return network

@@ -63,7 +63,8 @@ SCAFFOLD_HINT = (
     "`lipsync train stabilized --config ...` exports this layout; `lipsync weights scaffold DIR --model "
     "stabilized-sync [--tiny]` writes untrained random weights in it (for tests only)"
 )
-# BatchNorm buffers a random scaffold must set by hand: random running variances would be negative.
+
+
 @dataclass(frozen=True)
 class FamilyConfig:
     """What config.json says: the generator's configuration and how references are made."""

@@ -16,6 +16,7 @@ from lipsync.server.loadbench import (
     LoadBenchSettings,
     LocalServerOptions,
     SessionRecord,
+    SessionResult,
     run_loadbench,
     websocket_url,
 )
@@ -57,14 +58,24 @@ def test_bench_live_counts_and_times_every_speech_frame(
         )
         assert 0 < run.latency_p50_ms <= run.latency_p95_ms <= run.latency_max_ms
         assert run.fps_per_session > 0 and run.fps_total > 0
+        assert run.delivery_fps is not None and run.delivery_fps > run.fps_per_session
         for session in run.per_session:
             assert len(session.latencies_s) == session.speech_frames
     assert report.ok
 
     table = report.format()
-    assert "p95 ms" in table and "FAIL" not in table
+    assert "p95 ms" in table and "delivery fps" in table and "FAIL" not in table
     saved = json.loads(report.to_json())
     assert [run["frame_count_ok"] for run in saved["runs"]] == [True, True]
+
+
+def test_delivery_rate_counts_from_the_first_speech_frame_to_the_last() -> None:
+    def result(frames: int, first: float | None, turn: float | None) -> SessionResult:
+        return SessionResult(0, 16000, frames, frames, 0, 0, first, turn, ())
+
+    kept_up = result(26, 0.5, 1.5)  # 26 frames a second apart, the first 0.5 s after the audio began
+    assert kept_up.delivery_fps == 25.0 and kept_up.frames_per_second == pytest.approx(17.33, abs=0.01)
+    assert result(1, 0.5, 0.5).delivery_fps is None and result(0, None, None).delivery_fps is None
 
 
 def test_frame_latency_is_timed_from_the_chunk_that_completes_its_audio() -> None:

@@ -18,6 +18,11 @@ Normalisation: w_i / max(Σ_j w_j, 1e-5). The paper divides by Σ w_j; IP_LAP by
 sum instead of adding to it keeps the weights summing to exactly 1 (up to rounding) while guarding a zero
 sum (our choice). At half resolution the normalised weights are 2 × 2 average-pooled (they still sum to 1)
 and the flow is resized (bilinear) and halved.
+
+Ablation "w/o Ali" (`RenderConfig.without_alignment`, paper §4.3; our reading): M_a keeps only E_m and
+warps nothing. The guides keep their shapes, the occluded face's halves as above and the warped-reference
+halves zero, so M_r is the same network; the flows are zero and the weights uniform. There is no Ī^r to
+train with L_w.
 """
 
 from __future__ import annotations
@@ -97,8 +102,10 @@ class AlignmentModel(nn.Module):
         self.config = config
         c1, c2, up = config.full_channels, config.half_channels, config.upsampled_channels
         sketches = SKETCH_CHANNELS * STACK_FRAMES
-        self.reference_encoder = TwoScaleEncoder(IMAGE_CHANNELS + SKETCH_CHANNELS, c1, c2)  # E_r
         self.masked_encoder = TwoScaleEncoder(IMAGE_CHANNELS, c1, c2)  # E_m
+        if config.without_alignment:
+            return
+        self.reference_encoder = TwoScaleEncoder(IMAGE_CHANNELS + SKETCH_CHANNELS, c1, c2)  # E_r
         self.fusion = fusion(2 * c2, c2, config.fusion_blocks)
         self.half_spade = nn.ModuleList(
             SpadeBlock(c2, sketches, config.spade_hidden) for _ in range(HALF_SPADE_BLOCKS)
@@ -118,9 +125,11 @@ class AlignmentModel(nn.Module):
         self, masked: Tensor, target_sketches: Tensor, references: Tensor, reference_sketches: Tensor
     ) -> Alignment:
         batch, count = references.shape[:2]
+        masked_full, masked_half = self.masked_encoder(masked)
+        if self.config.without_alignment:
+            return _unaligned(masked, masked_full, masked_half, count)
         refs = references.flatten(0, 1)
         ref_full, ref_half = self.reference_encoder(torch.cat([refs, reference_sketches.flatten(0, 1)], 1))
-        masked_full, masked_half = self.masked_encoder(masked)
         sketches = target_sketches.repeat_interleave(count, dim=0)
         x = self.fusion(torch.cat([ref_half, masked_half.repeat_interleave(count, dim=0)], dim=1))
         for block in self.half_spade:
@@ -145,3 +154,16 @@ class AlignmentModel(nn.Module):
             flows=flow.unflatten(0, (batch, count)),
             weights=weights,
         )
+
+
+def _unaligned(masked: Tensor, masked_full: Tensor, masked_half: Tensor, count: int) -> Alignment:
+    """The ablation's guides: the occluded face's halves, zeros where the warped references would be."""
+    batch, _, size, _ = masked.shape
+    return Alignment(
+        image=torch.zeros_like(masked),
+        guide_image=torch.cat([masked, torch.zeros_like(masked)], dim=1),
+        guide_full=torch.cat([masked_full, torch.zeros_like(masked_full)], dim=1),
+        guide_half=torch.cat([masked_half, torch.zeros_like(masked_half)], dim=1),
+        flows=masked.new_zeros(batch, count, FLOW_CHANNELS, size, size),
+        weights=masked.new_full((batch, count, 1, size, size), 1 / count),
+    )

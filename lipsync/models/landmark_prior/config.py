@@ -6,6 +6,12 @@ mel encoder before its last two blocks). Our choices where IP_LAP has no counter
 fusion module, query/key width 32 in the cross-attention (a self-attention GAN's C/8). 256 px keeps the
 widths: every layer is convolutional, so only the maps grow (4× the work). `tiny` narrows everything for
 tests.
+
+Three switches, all off by default, remove a part for the paper's ablations (Table 1; training README
+section "Training: alignment and rendering"): `without_alignment` (M_a keeps only E_m: the decoder's guides
+are the occluded face's, the warped-reference halves zero), `without_lip_module` (M_r's f̄ is the occluded
+face's feature, no lip references read), `without_audio_attention` (f̄ goes to the decoder unchanged; no
+E_a). They are written to config.json with the widths, so an ablated export loads as it was trained.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ class RenderConfig:
     fusion_blocks: int = FUSION_BLOCKS
     attention_channels: int = ATTENTION_CHANNELS
     audio_width_divisor: int = 1  # divides the mel encoder's widths (tests)
+    without_alignment: bool = False  # ablation "w/o Ali": no reference warping (paper §4.3)
+    without_lip_module: bool = False  # ablation "w/o Lip": no multi-reference lip module (§4.4)
+    without_audio_attention: bool = False  # ablation "w/o Aud": no audio-aware cross-attention (§4.5)
 
     def __post_init__(self) -> None:
         if self.face_size % PIXEL_SHUFFLE or self.half_channels % PIXEL_SHUFFLE**2:

@@ -24,6 +24,10 @@ Filled in (each our choice unless IP_LAP is named):
 * Decoder, IP_LAP's translation decoder without its AdaIN audio blocks (audio enters through the
   attention here): SPADE(256; f^{c2}) → PixelShuffle 2 → SPADE(64; f^{c1}) → SPADE(64; I^c) → LeakyReLU 0.01
   → 7 × 7 conv → 3 (no bias) → sigmoid. Images in [0, 1] (IP_LAP).
+
+Ablations (`RenderConfig` switches, off by default): `without_lip_module` ("w/o Lip", §4.4) drops the lip
+encoder and fusion, f̄ is the face encoder's half-resolution feature f^m and the lip references are not
+read; `without_audio_attention` ("w/o Aud", §4.5) drops E_a and the attention, the decoder reads f̄.
 """
 
 from __future__ import annotations
@@ -95,10 +99,13 @@ class RenderingModel(nn.Module):
         self.config = config
         c1, c2, up = config.full_channels, config.half_channels, config.upsampled_channels
         self.face_encoder = TwoScaleEncoder(IMAGE_CHANNELS + SKETCH_CHANNELS * STACK_FRAMES, c1, c2)
-        self.lips = MultiReferenceLips(config)
-        layers, audio_channels = mel_trunk(config.audio_width_divisor)
-        self.audio_encoder = nn.Sequential(*layers)  # E_a
-        self.attention = AudioCrossAttention(c2, audio_channels, config.attention_channels)
+        self.lips = None if config.without_lip_module else MultiReferenceLips(config)
+        self.audio_encoder: nn.Sequential | None = None  # E_a
+        self.attention: AudioCrossAttention | None = None
+        if not config.without_audio_attention:
+            layers, audio_channels = mel_trunk(config.audio_width_divisor)
+            self.audio_encoder = nn.Sequential(*layers)
+            self.attention = AudioCrossAttention(c2, audio_channels, config.attention_channels)
         hidden = config.spade_hidden
         self.half_spade = SpadeBlock(c2, 2 * c2, hidden)  # modulated by f^{c2}
         self.upsample = nn.PixelShuffle(PIXEL_SHUFFLE)
@@ -120,8 +127,9 @@ class RenderingModel(nn.Module):
         alignment: Alignment,
     ) -> Tensor:
         _, face = self.face_encoder(torch.cat([masked, target_sketches], dim=1))
-        lips = self.lips(face, torch.cat([lip_references, lip_sketches], dim=2))
-        x = self.attention(lips, self.audio_encoder(mel))
+        x = face if self.lips is None else self.lips(face, torch.cat([lip_references, lip_sketches], dim=2))
+        if self.attention is not None and self.audio_encoder is not None:
+            x = self.attention(x, self.audio_encoder(mel))
         x = self.upsample(self.half_spade(x, alignment.guide_half))
         x = self.image_spade(self.full_spade(x, alignment.guide_full), alignment.guide_image)
         output: Tensor = self.output(x)

@@ -7,6 +7,7 @@ network, and marks its folder untrained in lipsync.json.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,3 +59,11 @@ def random_state_dict(module: nn.Module, noise: Noise) -> dict[str, torch.Tensor
         state[name] = torch.empty(ref.shape)
         noise.fill(state[name].view(-1), std, mean)
     return state
+
+
+def write_random_safetensors(networks: dict[Path, nn.Module], noise: Noise) -> None:
+    """Each network's random state dict (`random_state_dict`) to its safetensors file."""
+    from safetensors.torch import save_file
+
+    for path, network in networks.items():
+        save_file(random_state_dict(network, noise), str(path))

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from lipsync.errors import WeightsError
 from lipsync.io.files import atomic_path
@@ -26,6 +27,8 @@ _SAFETENSORS_HEADER_BYTES = 8
 _TORCH_ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # first byte of a legacy (non-zip) torch.save file
 _LFS_POINTER = b"version https://git-lfs"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -203,3 +206,44 @@ class WeightsReport:
             if self.hint:
                 lines.append(self.hint)
         return "\n".join(lines)
+
+
+# --- a family's own config.json and scaffolds ---------------------------------------------------------
+
+
+def read_family_config(
+    path: Path, family: str, config_format: str, hint: str, parse: Callable[[dict[str, Any]], T]
+) -> T:
+    """A family's config.json at `path` (its `format` must be `config_format`), parsed; a WeightsError
+    saying what is wrong, with `hint` as the fix, otherwise."""
+    if not path.is_file():
+        raise WeightsError(f"no {family} weights in {path.parent.parent}: {path} does not exist", hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != config_format:
+            raise ValueError(f"its format is {data.get('format')!r}, not {config_format!r}")
+        return parse(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{path} is not a usable {family} config ({exc})", hint) from exc
+
+
+def check_family_config(path: Path, read: Callable[[], object]) -> FileCheck:
+    """`path` present and `read()` accepting it, as a FileCheck (the reason when it does not)."""
+    if not path.is_file():
+        return FileCheck(path, "missing", "")
+    try:
+        read()
+    except WeightsError as exc:
+        return FileCheck(path, "malformed", exc.problem.split("(", 1)[-1].rstrip(")"))
+    return FileCheck(path, "present", "")
+
+
+def refuse_to_overwrite_trained(root: Path, family: str, files: Iterable[Path], what: str) -> None:
+    """A scaffold writes over nothing but another scaffold: WeightsError when any of `files` exists and
+    ROOT's `family` is not marked untrained."""
+    existing = [path for path in files if path.exists()]
+    if existing and not is_untrained(root, family):
+        raise WeightsError(
+            f"{root} already holds {what} weights ({existing[0]}) not marked untrained: not overwriting them",
+            "scaffold into an empty folder",
+        )

@@ -31,13 +31,15 @@ from lipsync.models.landmark_prior.landmark_transformer import (
     TransformerConfig,
 )
 from lipsync.models.landmark_prior.renderer import LIP_REFERENCES, RenderingModel
-from lipsync.models.scaffold import Noise, random_state_dict
+from lipsync.models.scaffold import Noise, write_random_safetensors
 from lipsync.models.weights import (
-    FileCheck,
     ModelEntry,
     WeightsReport,
+    check_family_config,
     check_weights_file,
     is_untrained,
+    read_family_config,
+    refuse_to_overwrite_trained,
     write_model_entry,
 )
 
@@ -149,35 +151,18 @@ class WeightsLayout:
 def read_config(root: Path) -> FamilyConfig:
     """config.json of the family in ROOT, or WeightsError saying what is wrong and how to fix it."""
     path = WeightsLayout(Path(root)).config
-    if not path.is_file():
-        raise WeightsError(f"no {FAMILY} weights in {root}: {path} does not exist", SCAFFOLD_HINT)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CONFIG_FORMAT:
-            raise ValueError(f"its format is {data.get('format')!r}, not {CONFIG_FORMAT!r}")
-        return FamilyConfig.from_json(data)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise WeightsError(f"{path} is not a usable {FAMILY} config ({exc})", SCAFFOLD_HINT) from exc
+    return read_family_config(path, FAMILY, CONFIG_FORMAT, SCAFFOLD_HINT, FamilyConfig.from_json)
 
 
 def check_weights(root: Path, version: str | None = None) -> WeightsReport:
     """Every file of the layout: present, missing or malformed (no full loads)."""
     root = Path(root)
     layout = WeightsLayout(root)
-    checks = (_check_config(layout), *(check_weights_file(path) for path in layout.networks))
+    config = check_family_config(layout.config, lambda: read_config(root))
+    checks = (config, *(check_weights_file(path) for path in layout.networks))
     untrained = is_untrained(root, FAMILY)
     title = "landmark prior"
     return WeightsReport(root, FAMILY, title, checks, untrained, SOURCES, EXPECTED_TREE, SCAFFOLD_HINT)
-
-
-def _check_config(layout: WeightsLayout) -> FileCheck:
-    if not layout.config.is_file():
-        return FileCheck(layout.config, "missing", "")
-    try:
-        read_config(layout.root)
-    except WeightsError as exc:
-        return FileCheck(layout.config, "malformed", exc.problem.split("(", 1)[-1].rstrip(")"))
-    return FileCheck(layout.config, "present", "")
 
 
 def recognise(root: Path) -> bool:
@@ -188,8 +173,6 @@ def recognise(root: Path) -> bool:
 def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: int = FACE_SIZE) -> None:
     """Write random weights in the layout, marked untrained: full width (the paper's and IP_LAP's) or a
     `tiny` configuration for tests, at 128 or 256 px. Refuses to write over weights not marked untrained."""
-    from safetensors.torch import save_file
-
     if face_size not in FACE_SIZES:
         raise WeightsError(
             f"{FAMILY} has no {face_size} px configuration",
@@ -197,13 +180,7 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
         )
     root = Path(root)
     layout = WeightsLayout(root)
-    existing = [path for path in layout.networks if path.exists()]
-    if existing and not is_untrained(root, FAMILY):
-        raise WeightsError(
-            f"{root} already holds {FAMILY} weights ({existing[0]}) not marked untrained: "
-            "not overwriting them",
-            "scaffold into an empty folder",
-        )
+    refuse_to_overwrite_trained(root, FAMILY, layout.networks, FAMILY)
     config = FamilyConfig(
         TransformerConfig.tiny() if tiny else TransformerConfig(),
         RenderConfig.tiny(face_size) if tiny else RenderConfig.for_size(face_size),
@@ -217,6 +194,5 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
             layout.alignment: AlignmentModel(config.render),
             layout.renderer: RenderingModel(config.render),
         }
-    for path, network in networks.items():
-        save_file(random_state_dict(network, noise), str(path))
+    write_random_safetensors(networks, noise)
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))

@@ -23,7 +23,6 @@ from lipsync.config import (
     WHISPER_MEL_BINS,
     ModelVersion,
 )
-from lipsync.errors import WeightsError
 from lipsync.models.hub import HubFile
 from lipsync.models.scaffold import Noise, random_state_dict
 from lipsync.models.weights import (
@@ -32,6 +31,7 @@ from lipsync.models.weights import (
     check_json,
     check_weights_file,
     is_untrained,
+    refuse_to_overwrite_trained,
     write_model_entry,
 )
 
@@ -269,13 +269,7 @@ def scaffold_weights(
     from lipsync.models.musetalk.vae import to_legacy_vae_keys, vae_config
 
     root = Path(root)
-    existing = [p for p in _all_weight_paths(root) if p.exists()]
-    if existing and not is_untrained(root, FAMILY):
-        raise WeightsError(
-            f"{root} already holds MuseTalk weights ({existing[0]}) not marked untrained: "
-            "not overwriting them",
-            "scaffold into an empty folder",
-        )
+    refuse_to_overwrite_trained(root, FAMILY, _all_weight_paths(root), "MuseTalk")
     root.mkdir(parents=True, exist_ok=True)
     write_model_entry(
         root, ModelEntry(FAMILY, _default_version(versions), "tiny" if tiny else "full", untrained=True)

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from lipsync.errors import WeightsError
-from lipsync.models.scaffold import Noise, random_state_dict
+from lipsync.models.scaffold import Noise, write_random_safetensors
 from lipsync.models.stabilized_sync.generator_net import (
     PAPER_FACE_SIZE,
     GeneratorConfig,
@@ -32,11 +31,13 @@ from lipsync.models.stabilized_sync.generator_net import (
 )
 from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
 from lipsync.models.weights import (
-    FileCheck,
     ModelEntry,
     WeightsReport,
+    check_family_config,
     check_weights_file,
     is_untrained,
+    read_family_config,
+    refuse_to_overwrite_trained,
     write_model_entry,
 )
 
@@ -132,22 +133,14 @@ class WeightsLayout:
 def read_config(root: Path) -> FamilyConfig:
     """config.json of the family in ROOT, or WeightsError saying what is wrong and how to fix it."""
     path = WeightsLayout(Path(root)).config
-    if not path.is_file():
-        raise WeightsError(f"no {FAMILY} weights in {root}: {path} does not exist", SCAFFOLD_HINT)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CONFIG_FORMAT:
-            raise ValueError(f"its format is {data.get('format')!r}, not {CONFIG_FORMAT!r}")
-        return FamilyConfig.from_json(data)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise WeightsError(f"{path} is not a usable {FAMILY} config ({exc})", SCAFFOLD_HINT) from exc
+    return read_family_config(path, FAMILY, CONFIG_FORMAT, SCAFFOLD_HINT, FamilyConfig.from_json)
 
 
 def check_weights(root: Path, version: str | None = None) -> WeightsReport:
     """Every file of the layout: present, missing or malformed (no full loads)."""
     root = Path(root)
     layout = WeightsLayout(root)
-    config = _check_config(layout.config)
+    config = check_family_config(layout.config, lambda: read_config(root))
     files = [layout.generator, layout.audio_encoder, layout.silent_generator]
     checks = (config, *(check_weights_file(path) for path in files))
     return WeightsReport(
@@ -162,16 +155,6 @@ def check_weights(root: Path, version: str | None = None) -> WeightsReport:
     )
 
 
-def _check_config(path: Path) -> FileCheck:
-    if not path.is_file():
-        return FileCheck(path, "missing", "")
-    try:
-        read_config(path.parent.parent)
-    except WeightsError as exc:
-        return FileCheck(path, "malformed", exc.problem.split("(", 1)[-1].rstrip(")"))
-    return FileCheck(path, "present", "")
-
-
 def recognise(root: Path) -> bool:
     """True when ROOT has this family's folder with its config."""
     return WeightsLayout(Path(root)).config.is_file()
@@ -180,17 +163,10 @@ def recognise(root: Path) -> bool:
 def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: int = PAPER_FACE_SIZE) -> None:
     """Write random weights in the layout, marked untrained: the paper's 96 px configuration at full width,
     or a `tiny` one for tests. Refuses to write over weights that are not marked untrained."""
-    from safetensors.torch import save_file
-
     root = Path(root)
     layout = WeightsLayout(root)
-    existing = [p for p in (layout.generator, layout.silent_generator, layout.audio_encoder) if p.exists()]
-    if existing and not is_untrained(root, FAMILY):
-        raise WeightsError(
-            f"{root} already holds {FAMILY} weights ({existing[0]}) not marked untrained: "
-            "not overwriting them",
-            "scaffold into an empty folder",
-        )
+    files = (layout.generator, layout.silent_generator, layout.audio_encoder)
+    refuse_to_overwrite_trained(root, FAMILY, files, FAMILY)
     config = FamilyConfig(GeneratorConfig.tiny(face_size) if tiny else GeneratorConfig.for_size(face_size))
     layout.folder.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -201,6 +177,5 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
             layout.silent_generator: TalkingFaceGenerator(config.generator),
             layout.audio_encoder: ResNetSE34(out_dim=config.generator.audio_dim),
         }
-    for path, network in networks.items():
-        save_file(random_state_dict(network, noise), str(path))
+    write_random_safetensors(networks, noise)
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))

@@ -15,6 +15,7 @@ from lipsync.cli import (
     batch_cmd,
     data_cmd,
     eval_cmd,
+    landmarks_inspect_cmd,
     learning_check_cmd,
     loadbench_cmd,
     serve_cmd,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.register(commands)
     eval_cmd.register(commands)
     learning_check_cmd.register(commands)
+    landmarks_inspect_cmd.register(commands)
     return parser
 
 
@@ -308,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": eval_cmd.run,
         eval_cmd.ROBUSTNESS_COMMAND: eval_cmd.run_sync_robustness,
         learning_check_cmd.COMMAND: learning_check_cmd.run,
+        landmarks_inspect_cmd.COMMAND: landmarks_inspect_cmd.run,
     }
     try:
         return handlers[args.command](args)

@@ -1,7 +1,9 @@
 """`lipsync train unet|syncnet|stabilized --config FILE`: train a generator or a sync expert.
 
 `unet` trains MuseTalk's generator; `syncnet` a SyncNet expert (or, `kind: avsyncnet`, the stabilized-sync
-family's AVSyncNet); `stabilized` the stabilized-sync family's G_S (stage silent) or G_L (stage talking).
+family's AVSyncNet); `stabilized` the stabilized-sync family's G_S (stage silent) or G_L (stage talking);
+`landmarks` the landmark-prior family's audio-to-landmark transformer; `renderer` its alignment and
+rendering models.
 All run on HuggingFace accelerate: plain `lipsync train ...` uses one device (a GPU when there is one);
 `accelerate launch -m lipsync.cli.main train ...` runs the same command on several GPUs or machines.
 """
@@ -30,7 +32,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stabilized",
         help="train the stabilized-sync generators: G_S (stage silent), then G_L (stage talking)",
     )
-    for command in (unet, syncnet, stabilized):
+    landmarks = train_commands.add_parser(
+        "landmarks", help="train the landmark-prior family's audio-to-landmark transformer (IP_LAP's)"
+    )
+    renderer = train_commands.add_parser(
+        "renderer", help="train the landmark-prior family's alignment and rendering models (M_a, M_r)"
+    )
+    for command in (unet, syncnet, stabilized, landmarks, renderer):
         command.add_argument("--config", type=Path, required=True, help="YAML config (see configs/train/)")
         command.add_argument("--output-dir", type=Path, help="override the config's output_dir")
         command.add_argument("--max-steps", type=int, help="override the config's max_steps")
@@ -71,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
             )
         return 0
 
+    if args.train_command == "landmarks":
+        return _run_landmarks(args)
+
+    if args.train_command == "renderer":
+        return _run_renderer(args)
+
     if args.train_command == "unet":
         from lipsync.train.unet_trainer import train_unet
 
@@ -99,4 +113,35 @@ def run(args: argparse.Namespace) -> int:
     )
     if sync.audio_encoder is not None:
         print(f"  audio encoder (for a stabilized-sync weights folder): {sync.audio_encoder}")
+    return 0
+
+
+def _run_landmarks(args: argparse.Namespace) -> int:
+    from lipsync.train.config import LandmarkTrainConfig, load_config
+    from lipsync.train.landmark_trainer import PIXELS, train_landmarks
+
+    result = train_landmarks(_override(load_config(args.config, LandmarkTrainConfig), args), not args.quiet)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s")
+    for step, l1 in result.validation_l1:
+        print(
+            f"  held-out landmark L1 at step {step}: {l1:.5f} of the crop ({l1 * PIXELS:.2f} px at {PIXELS})"
+        )
+    if result.export_dir is not None:
+        print(f"exported to {result.export_dir} (use: lipsync dub ... --weights {result.export_dir})")
+    return 0
+
+
+def _run_renderer(args: argparse.Namespace) -> int:
+    from lipsync.train.config import RendererTrainConfig, load_config
+    from lipsync.train.renderer_trainer import train_renderer
+
+    result = train_renderer(_override(load_config(args.config, RendererTrainConfig), args), not args.quiet)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s")
+    for values in result.validation:
+        print(
+            f"  held-out at step {values['step']:.0f}: L1 {values['validation/l1']:.4f}, "
+            f"PSNR {values['validation/psnr']:.2f} dB, perceptual {values['validation/loss']:.4f}"
+        )
+    if result.export_dir is not None:
+        print(f"exported to {result.export_dir} (use: lipsync dub ... --weights {result.export_dir})")
     return 0

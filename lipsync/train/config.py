@@ -367,3 +367,32 @@ def validate_unet_config(config: UNetTrainConfig) -> None:
         )
     if not 0 < config.sampling.top_k_ratio <= 1:
         raise ConfigError("sampling.top_k_ratio must be in (0, 1]", "the reference uses 0.51, the paper 0.4")
+
+
+@dataclass(frozen=True)
+class LandmarkTrainConfig:
+    """`lipsync train landmarks --config FILE`: the landmark-prior family's audio-to-landmark transformer.
+    Defaults: IP_LAP's (lipsync/models/landmark_prior/README.md, Training: landmark transformer)."""
+
+    output_dir: Path = Path("runs/landmarks")
+    tiny: bool = False  # narrow transformer (TransformerConfig.tiny): tests only
+    # A landmark-prior weights folder whose config.json, M_a and M_r the export copies (the transformer is
+    # this run's); None: the export scaffolds random M_a and M_r and is marked untrained.
+    base_weights: Path | None = None
+    face_size: int = 128  # px: the inspection strips' faces, and the scaffolded M_a and M_r (128 or 256)
+    batch_size: int = 128  # IP_LAP
+    max_steps: int = 600_000  # IP_LAP stopped at about 610k iterations, when its eval L1 plateaued
+    max_seconds: float | None = None  # also stop after this wall time (validated, saved and exported)
+    lr: float = 1e-4  # IP_LAP: Adam with default betas, no schedule
+    l1_weight: float = 1.0  # IP_LAP: L1 + velocity, 1:1
+    velocity_weight: float = 1.0
+    mixed_precision: MixedPrecision = "no"
+    checkpoint_every: int = 5000  # IP_LAP
+    keep_checkpoints: int = 5
+    validate_every: int = 5000  # IP_LAP evaluates every 5,000 steps
+    validation_samples: int = 256
+    strip_frames: int = 8  # frames of the held-out clip in each validation strip
+    strip_every: int = 5  # k: every k-th frame of it
+    log_every: int = 10
+    seed: int = 41
+    data: DataConfig = DataConfig(min_face_size=0)

@@ -369,6 +369,61 @@ def validate_unet_config(config: UNetTrainConfig) -> None:
         raise ConfigError("sampling.top_k_ratio must be in (0, 1]", "the reference uses 0.51, the paper 0.4")
 
 
+# --------------------------------------------------------------------------------------------------
+# `lipsync train renderer`: the landmark-prior family's alignment model M_a and rendering model M_r
+
+RendererStage = Literal["joint", "alignment", "rendering"]
+
+
+@dataclass(frozen=True)
+class RendererLossConfig:
+    """L = λ_w L_w + λ_r L_r + λ_s L_s + λ_g L_g + λ_f L_f (landmark-prior paper §3.2.3). A weight left
+    out (null) is the paper's: (2.5, 4, 1000, 0.25, 2.5) (lipsync.models.landmark_prior.losses)."""
+
+    warp: float | None = None  # λ_w
+    reconstruction: float | None = None  # λ_r
+    style: float | None = None  # λ_s
+    gan: float | None = None  # λ_g
+    feature_matching: float | None = None  # λ_f
+    vgg19_weights: Path | None = None  # torchvision's vgg19-dcbb9e9d.pth; None = untrained (tests only)
+    vgg_width_divisor: int = 1  # >1 narrows the VGG: tiny test configs only
+
+
+@dataclass(frozen=True)
+class RendererTrainConfig:
+    """`lipsync train renderer --config FILE`: M_a and M_r of the landmark-prior family (stage joint: both
+    on every term; alignment: M_a on L_w; rendering: M_r with the frozen M_a of `alignment_weights`)."""
+
+    stage: RendererStage = "joint"
+    output_dir: Path = Path("runs/renderer")
+    face_size: int = 128  # paper §4.1 (256: our larger configuration)
+    tiny: bool = False  # narrow networks (RenderConfig.tiny): tests only
+    alignment_weights: Path | None = None  # stage rendering: a landmark-prior folder whose M_a is frozen
+    landmark_transformer: Path | None = None  # a landmark-prior weights folder whose transformer the export
+    # takes (`lipsync train landmarks`); None: the export holds an untrained one and is marked untrained
+    without_alignment: bool = False  # ablation "w/o Ali" (paper §4.3)
+    without_lip_module: bool = False  # ablation "w/o Lip" (§4.4)
+    without_audio_attention: bool = False  # ablation "w/o Aud" (§4.5)
+    references: int = 3  # N image references per training sample (paper §4.1)
+    lip_references: int = 5  # lip references per training sample (paper §4.1)
+    inference_references: int = 25  # written to the export's config.json (paper §4.6: N = 25)
+    inference_lip_references: int = 5  # the same (paper §4.6)
+    warmup_steps: int = 0  # stage joint: λ_w L_w alone for these first steps (IP_LAP's warm-up; paper: none)
+    batch_size: int = 8
+    max_steps: int = 200_000
+    max_seconds: float | None = None  # also stop after this wall time (validated, saved and exported)
+    lr: float = 1e-4  # IP_LAP's Adam for M_a, M_r (default betas) and D (betas 0.5, 0.999)
+    mixed_precision: MixedPrecision = "no"
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 5
+    validate_every: int = 1000
+    validation_samples: int = 4
+    log_every: int = 10
+    seed: int = 41
+    data: DataConfig = DataConfig(min_face_size=0)
+    loss: RendererLossConfig = RendererLossConfig()
+
+
 @dataclass(frozen=True)
 class LandmarkTrainConfig:
     """`lipsync train landmarks --config FILE`: the landmark-prior family's audio-to-landmark transformer.

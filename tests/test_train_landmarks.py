@@ -21,11 +21,13 @@ from lipsync.face.track import OVAL_POINTS, FaceTrack
 from lipsync.models.families import load_generator
 from lipsync.models.landmark_prior.generator import TRACK_LANDMARKS, LandmarkPriorGenerator
 from lipsync.models.landmark_prior.landmark_sets import CONTENT_POINTS, POSE_POINTS
-from lipsync.models.landmark_prior.weights import WeightsLayout, scaffold_weights
-from lipsync.models.weights import read_weights_manifest
+from lipsync.models.landmark_prior.landmark_transformer import LandmarkTransformer
+from lipsync.models.landmark_prior.weights import WeightsLayout, read_config, scaffold_weights
+from lipsync.models.weights import ModelEntry, read_weights_manifest, write_model_entry
 from lipsync.train.config import ConfigError, LandmarkTrainConfig, load_config
 from lipsync.train.data.format import list_clips, read_clip
 from lipsync.train.landmark_data import LandmarkSamples
+from lipsync.train.landmark_export import export_landmarks
 from lipsync.train.landmark_inspect import PREDICTED_COLOUR, REAL_COLOUR
 from lipsync.train.landmark_prior_clips import FamilyClips, family_boxes, read_family_clip
 from lipsync.train.landmark_trainer import LandmarkTrainResult, train_landmarks
@@ -121,7 +123,23 @@ def test_an_export_with_base_weights_copies_its_renderer(prepared_media: Path, t
     assert ours.renderer.read_bytes() == theirs.renderer.read_bytes()
     assert ours.alignment.read_bytes() == theirs.alignment.read_bytes()
     assert ours.transformer.read_bytes() != theirs.transformer.read_bytes()
-    assert read_weights_manifest(result.export_dir)["landmark-prior"].training["base_weights"] == str(base)
+    entry = read_weights_manifest(result.export_dir)["landmark-prior"]
+    assert entry.training["base_weights"] == str(base)
+    assert entry.untrained and entry.training["untrained_parts"] == ["alignment", "renderer"]  # a scaffold
+
+
+def test_an_export_on_a_trained_renderer_is_trained(tmp_path: Path) -> None:
+    """A base whose only untrained part is the transformer (a renderer run's export): a trained folder."""
+    base = tmp_path / "base"
+    scaffold_weights(base, tiny=True)
+    info = {"untrained_parts": ["transformer"]}
+    write_model_entry(base, ModelEntry("landmark-prior", "v1", "tiny", untrained=True, training=info))
+    family = read_config(base)
+    out = export_landmarks(
+        tmp_path / "out", LandmarkTransformer(family.transformer), family, base, "tiny", {}
+    )
+    entry = read_weights_manifest(out)["landmark-prior"]
+    assert not entry.untrained and entry.training["untrained_parts"] == []
 
 
 def test_validation_strips_show_real_and_predicted_landmarks(

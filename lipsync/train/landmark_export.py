@@ -4,7 +4,8 @@ DIR/ is the layout of lipsync/models/landmark_prior/weights.py. The transformer 
 config.json, M_a (alignment.safetensors) and M_r (renderer.safetensors) come from:
 
 * `base_weights` (a folder `lipsync train renderer` exported, say): copied as they are; the folder is marked
-  untrained only when the base is;
+  untrained only when the base's M_a or M_r is (listed in its `untrained_parts`; a base marked untrained
+  without that list is a scaffold: both are);
 * no base: a random scaffold of M_a and M_r (`scaffold_weights`) — a partial folder, marked untrained in
   lipsync.json (dub labels its output), with `untrained_parts: ["alignment", "renderer"]` in its training
   info. Its faces are noise, but it runs, and the transformer in it is ready for a renderer run or an
@@ -34,7 +35,8 @@ from lipsync.models.weights import ModelEntry, is_untrained, read_weights_manife
 from lipsync.train.stabilized_export import float32_state
 
 TRAINED_BY = "lipsync train landmarks"
-SCAFFOLDED_PARTS = ["alignment", "renderer"]
+UNTRAINED_PARTS = "untrained_parts"  # lipsync.json training info: the networks a folder holds untrained
+SCAFFOLDED_PARTS = ("alignment", "renderer")
 
 
 def export_landmarks(
@@ -55,7 +57,7 @@ def export_landmarks(
         layout = WeightsLayout(tmp)
         if base is None:
             scaffold_weights(tmp, tiny=size == "tiny", face_size=family.face_size)
-            untrained, info = True, {"base_weights": None, "untrained_parts": SCAFFOLDED_PARTS}
+            untrained, info = True, {"base_weights": None, UNTRAINED_PARTS: list(SCAFFOLDED_PARTS)}
         else:
             base_layout = WeightsLayout(Path(base))
             layout.folder.mkdir(parents=True)
@@ -65,8 +67,9 @@ def export_landmarks(
             ):
                 shutil.copyfile(source, target)
             entry = read_weights_manifest(base).get(FAMILY)
-            untrained = is_untrained(base, FAMILY)
-            info = {"base_weights": str(base), "base_training": entry.training if entry else {}}
+            parts = base_untrained_parts(base)
+            untrained, info = bool(parts), {"base_weights": str(base), UNTRAINED_PARTS: parts}
+            info["base_training"] = entry.training if entry else {}
         layout.config.write_text(json.dumps(family.to_json(), indent=2) + "\n", encoding="utf-8")
         save_file(float32_state(transformer), str(layout.transformer))
         entry_info = {"trained_by": TRAINED_BY, **training, **info}
@@ -74,3 +77,13 @@ def export_landmarks(
             tmp, ModelEntry(FAMILY, DEFAULT_VERSION, size, untrained=untrained, training=entry_info)
         )
     return out
+
+
+def base_untrained_parts(base: Path) -> list[str]:
+    """Which of M_a and M_r a base folder holds untrained: its `untrained_parts` (the renderer trainer's and
+    this export's key) without the transformer, which this run replaces; both for an unlisted scaffold."""
+    entry = read_weights_manifest(base).get(FAMILY)
+    listed = entry.training.get(UNTRAINED_PARTS) if entry else None
+    if isinstance(listed, list):
+        return [part for part in SCAFFOLDED_PARTS if part in listed]
+    return list(SCAFFOLDED_PARTS) if is_untrained(base, FAMILY) else []

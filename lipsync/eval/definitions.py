@@ -56,6 +56,18 @@ LMD_PIXELS = (
     "vico's LMD variant: mean absolute per-coordinate difference of the mouth landmarks 48-67, in pixels of "
     "the frames, no normalisation."
 )
+LIP_LMD = (
+    "LipLMD (the landmark-prior paper's name for Chen et al.'s LMD on its 128 px face crops): mean Euclidean "
+    "distance between the 20 lip landmarks (68-point 48-67) of generated and reference frame t, in pixels of "
+    "the reference's 256 px dub crop box rescaled to 128 x 128 (x and y each by 128 / the box's side), "
+    "averaged over frames where both faces are found."
+)
+LPIPS = (
+    "LPIPS v0.1 (Zhang et al. 2018) with the AlexNet backbone (the lpips package's default, net='alex'), on "
+    "the same face-crop pairs as PSNR (256 px RGB scaled to [-1, 1], not resized), averaged over frames: "
+    "per layer relu1..relu5, features shifted/scaled by lpips' ScalingLayer, unit-normalised over "
+    "channels, squared difference, the learned 1x1 weights, spatial mean; summed over the 5 layers."
+)
 PSNR = (
     "PSNR in dB, 10 log10(255^2 / MSE), of the generated and reference face crops (the reference's 256 px "
     "dub crop box on both frames), averaged over frames; identical crops give infinity (reported as null)."
@@ -97,6 +109,8 @@ FID_FRAME_SPEC = MetricSpec("fid_frame", "FID (full frames)", FID_FRAME, "lower"
 CSIM_SPEC = MetricSpec("csim", "CSIM", CSIM, "higher")
 LMD_SPEC = MetricSpec("lmd", "LMD", LMD, "lower")
 LMD_PIXELS_SPEC = MetricSpec("lmd_pixels", "LMD (pixels)", LMD_PIXELS, "lower", "px")
+LIP_LMD_SPEC = MetricSpec("lip_lmd", "LipLMD", LIP_LMD, "lower", "px")
+LPIPS_SPEC = MetricSpec("lpips", "LPIPS", LPIPS, "lower")
 PSNR_SPEC = MetricSpec("psnr", "PSNR", PSNR, "higher", "dB")
 SSIM_SPEC = MetricSpec("ssim", "SSIM", SSIM, "higher")
 IFC_SPEC = MetricSpec("ifc", "IFC", IFC, "lower")

@@ -5,7 +5,10 @@ Landmarks are (N, 68, 2) float arrays of (x, y) pixels, one row per frame, NaN w
 
 - normalised (ours): mean Euclidean distance over the 20 mouth points divided by the ground-truth
   frame's inter-ocular distance (outer eye corners), the normalisation of face-alignment NME;
-- pixels (vico_challenge_baseline compute_lmd.py): mean absolute per-coordinate difference in pixels.
+- pixels (vico_challenge_baseline compute_lmd.py): mean absolute per-coordinate difference in pixels;
+- LipLMD (the landmark-prior paper's table): mean Euclidean distance over the same 20 lip points in pixels
+  of a 128 x 128 face crop, the crop size that paper (after IPLAP) evaluates at. Here the crop is the
+  reference's dub crop box, so the figure does not depend on the video's resolution.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ LEFT_EYE_OUTER = 36
 RIGHT_EYE_OUTER = 45
 # Inner-lip points facing each other across the mouth (iBUG: 61-63 upper, 67-65 lower, left to right).
 INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = ((61, 67), (62, 66), (63, 65))
+LIP_LMD_CROP = 128  # px: the face-crop side LipLMD is measured in
 
 
 def _check_points(points: np.ndarray) -> None:
@@ -68,6 +72,37 @@ def lmd_pixels(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
     gen = generated[:, MOUTH_POINTS].astype(np.float64)
     ref = reference[:, MOUTH_POINTS].astype(np.float64)
     return _per_frame(np.abs(gen - ref))
+
+
+def lip_lmd(
+    generated: np.ndarray, reference: np.ndarray, boxes: np.ndarray, size: int = LIP_LMD_CROP
+) -> np.ndarray:
+    """(N,) mean Euclidean lip-point distance in pixels of each frame's box resized to size x size.
+
+    boxes: (N, 4) x1, y1, x2, y2 (x2, y2 exclusive, as CropBox) in frame pixels, NaN rows where there is
+    no box; a frame without a box or without either face is NaN.
+    """
+    _check_pair(generated, reference)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.shape != (len(generated), 4):
+        raise ValueError(f"boxes must be an ({len(generated)}, 4) array, got shape {boxes.shape}")
+    origin = boxes[:, None, :2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(boxes[:, 2:] > boxes[:, :2], size / (boxes[:, 2:] - boxes[:, :2]), np.nan)[:, None]
+    gen = (generated[:, MOUTH_POINTS].astype(np.float64) - origin) * scale
+    ref = (reference[:, MOUTH_POINTS].astype(np.float64) - origin) * scale
+    return _per_frame(np.linalg.norm(gen - ref, axis=-1))
+
+
+def mean_over_faces(values: np.ndarray, what: str) -> tuple[float, int]:
+    """The mean of the finite per-frame values and how many there are; ValueError if there is none."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        raise ValueError(
+            f"no frame has a face in both the generated and the reference landmarks "
+            f"({len(values)} frames compared), so the {what} is undefined"
+        )
+    return float(finite.mean()), len(finite)
 
 
 def mouth_opening(points: np.ndarray) -> np.ndarray:

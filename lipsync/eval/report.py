@@ -101,6 +101,7 @@ class PerFrame:
     psnr: list[float | None] = field(default_factory=list)
     ssim: list[float | None] = field(default_factory=list)
     csim: list[float | None] = field(default_factory=list)
+    lpips: list[float | None] = field(default_factory=list)  # per face-crop pair, as csim
 
 
 @dataclass

@@ -29,7 +29,8 @@ from lipsync.eval.html import Thumbnail, write_html
 from lipsync.eval.identity import arcface_embeddings, matched_cosine
 from lipsync.eval.image_metrics import ConsistencyTracker, psnr, ssim
 from lipsync.eval.inputs import EVAL_FPS, TrackedVideo, audio_envelope, speech_for, track_video
-from lipsync.eval.landmark_metrics import landmark_distance, mouth_opening
+from lipsync.eval.landmark_metrics import landmark_distance, lip_lmd, mean_over_faces, mouth_opening
+from lipsync.eval.lpips import lpips_distances
 from lipsync.eval.lse import (
     LseResult,
     VideoWindowEmbedder,
@@ -41,6 +42,7 @@ from lipsync.eval.lse import (
 )
 from lipsync.eval.networks.arcface import IResNet, load_arcface
 from lipsync.eval.networks.inception import FidInceptionV3, load_fid_inception
+from lipsync.eval.networks.lpips_net import Lpips, load_lpips
 from lipsync.eval.networks.syncnet_v2 import SyncNetV2, load_syncnet_v2
 from lipsync.eval.networks.weights import SOURCES, EvalWeightFiles, is_untrained_file
 from lipsync.eval.own_sync import OwnSyncResult, OwnSyncScorer
@@ -56,6 +58,7 @@ from lipsync.eval.report import (
 )
 from lipsync.eval.sync_crop import sync_boxes, sync_crop
 from lipsync.face.crop import crop_face
+from lipsync.face.track import NO_BOX
 from lipsync.io.files import atomic_path
 from lipsync.models.device import resolve_device
 from lipsync.models.syncnet import load_syncnet
@@ -70,6 +73,7 @@ class EvalStage(str, Enum):
     SYNCNET_V2 = "syncnet_v2"
     INCEPTION = "inception"
     ARCFACE = "arcface"
+    LPIPS = "lpips"
     OWN_SYNCNET = "our syncnet"
     PIXELS = "psnr/ssim/ifc"
     FIGURES = "fid/lmd"
@@ -95,6 +99,7 @@ class _Networks:
     syncnet_v2: SyncNetV2 | None = None
     inception: FidInceptionV3 | None = None
     arcface: IResNet | None = None
+    lpips: Lpips | None = None
     own: OwnSyncScorer | None = None
     missing: dict[str, str] = field(default_factory=dict)  # metric group -> why it is skipped
 
@@ -120,7 +125,7 @@ def _load_networks(
     else:
         nets.missing["lse"] = f"needs {weights.syncnet_v2} ({SOURCES['syncnet_v2']})"
     if not reference:
-        nets.missing["fid"] = nets.missing["csim"] = NO_REFERENCE
+        nets.missing["fid"] = nets.missing["csim"] = nets.missing["lpips"] = NO_REFERENCE
     else:
         if weights.inception.is_file():
             nets.inception = load_fid_inception(weights.inception, device)
@@ -130,6 +135,13 @@ def _load_networks(
             nets.arcface, _ = load_arcface(weights.arcface, device)
         else:
             nets.missing["csim"] = f"needs {weights.arcface} ({SOURCES['arcface']})"
+        lacking = _lpips_lacking(weights)
+        if lacking:
+            nets.missing["lpips"] = "needs " + " and ".join(
+                f"{path} ({SOURCES[key]})" for key, path in lacking
+            )
+        else:
+            nets.lpips = load_lpips(weights.alexnet, weights.lpips_linear, device)
     if weights.syncnet is None:
         nets.missing["own"] = "needs --syncnet CHECKPOINT (from `lipsync train syncnet`)"
     elif not speech:
@@ -138,6 +150,12 @@ def _load_networks(
         model, spec = load_syncnet(weights.syncnet, device=device)
         nets.own = OwnSyncScorer(model, spec, device, batch)
     return nets
+
+
+def _lpips_lacking(weights: EvalWeightFiles) -> list[tuple[str, Path]]:
+    """The LPIPS files that are absent, as (SOURCES key, path)."""
+    files = (("alexnet", weights.alexnet), ("lpips_linear", weights.lpips_linear))
+    return [(key, path) for key, path in files if not path.is_file()]
 
 
 class _Batches:
@@ -152,6 +170,7 @@ class _Batches:
         self.fid_face = (FeatureStats(), FeatureStats())
         self.fid_full = (FeatureStats(), FeatureStats())
         self.csim: list[float] = []
+        self.lpips: list[float] = []
 
     def add(self, gen: np.ndarray, ref: np.ndarray, face_gen: np.ndarray, face_ref: np.ndarray) -> None:
         self.face_gen.append(face_gen)
@@ -177,6 +196,9 @@ class _Batches:
                 a = arcface_embeddings(self.nets.arcface, faces_gen)
                 b = arcface_embeddings(self.nets.arcface, faces_ref)
             self.csim.extend(float(c) for c in matched_cosine(a, b))
+        if self.nets.lpips is not None:
+            with self.times.measure(EvalStage.LPIPS):
+                self.lpips.extend(float(d) for d in lpips_distances(self.nets.lpips, faces_gen, faces_ref))
         for pending in (self.face_gen, self.face_ref, self.full_gen, self.full_ref):
             pending.clear()
 
@@ -235,6 +257,7 @@ def evaluate(
             *_own_sync_metrics(state, weights),
             *_fid_metrics(state, weights),
             _csim_metric(state, weights),
+            _lpips_metric(state, weights),
             *_pixel_metrics(state),
         ]
     inputs = [_summary("generated", gen)]
@@ -269,6 +292,7 @@ def _per_frame(state: _FramePass) -> PerFrame:
         psnr=state.psnr,
         ssim=state.ssim,
         csim=_listed(np.array(state.batches.csim)),
+        lpips=_listed(np.array(state.batches.lpips)),
     )
 
 
@@ -490,9 +514,39 @@ def _csim_metric(state: _FramePass, weights: EvalWeightFiles) -> Metric:
     return computed(spec, value, len(state.batches.csim), is_untrained_file(weights.arcface))
 
 
+def _lpips_metric(state: _FramePass, weights: EvalWeightFiles) -> Metric:
+    spec = define.LPIPS_SPEC
+    if "lpips" in state.nets.missing:
+        needs = " and ".join(str(path) for _, path in _lpips_lacking(weights))
+        return skipped(spec, state.nets.missing["lpips"], needs if state.ref is not None else "--reference")
+    if not state.batches.lpips:
+        return skipped(spec, "no frame pair with a face")
+    untrained = is_untrained_file(weights.alexnet) or is_untrained_file(weights.lpips_linear)
+    return computed(spec, float(np.mean(state.batches.lpips)), len(state.batches.lpips), untrained)
+
+
+def _lip_lmd_metric(gen: TrackedVideo, ref: TrackedVideo, pairs: int) -> Metric:
+    """LipLMD in the reference's crop box (the box of the face-crop metrics) rescaled to 128 px."""
+    boxes = ref.track.boxes[:pairs].astype(np.float64)
+    boxes[ref.track.boxes[:pairs, 0] == NO_BOX] = np.nan
+    per_frame = lip_lmd(gen.track.points[:pairs], ref.track.points[:pairs], boxes)
+    try:
+        value, frames = mean_over_faces(per_frame, "lip landmark distance")
+    except ValueError as exc:
+        return skipped(define.LIP_LMD_SPEC, str(exc))
+    return computed(define.LIP_LMD_SPEC, value, frames)
+
+
 def _pixel_metrics(state: _FramePass) -> list[Metric]:
-    """The weight-free metrics against the reference (LMD, PSNR, SSIM, IFC), and flicker."""
-    specs = (define.LMD_SPEC, define.LMD_PIXELS_SPEC, define.PSNR_SPEC, define.SSIM_SPEC, define.IFC_SPEC)
+    """The weight-free metrics against the reference (LMD, LipLMD, PSNR, SSIM, IFC), and flicker."""
+    specs = (
+        define.LMD_SPEC,
+        define.LMD_PIXELS_SPEC,
+        define.LIP_LMD_SPEC,
+        define.PSNR_SPEC,
+        define.SSIM_SPEC,
+        define.IFC_SPEC,
+    )
     metrics: list[Metric] = []
     if state.ref is None:
         metrics += [skipped(spec, NO_REFERENCE, "--reference") for spec in specs]
@@ -505,6 +559,7 @@ def _pixel_metrics(state: _FramePass) -> list[Metric]:
             metrics.append(computed(define.LMD_PIXELS_SPEC, lmd.pixels, lmd.frames))
         except ValueError as exc:
             metrics += [skipped(define.LMD_SPEC, str(exc)), skipped(define.LMD_PIXELS_SPEC, str(exc))]
+        metrics.append(_lip_lmd_metric(state.gen, state.ref, state.pairs))
         psnrs = [v for v in state.psnr if v is not None]
         ssims = [v for v in state.ssim if v is not None]
         if psnrs:

@@ -1,11 +1,12 @@
 """Fetch the metric networks' public weight files that have a stable address (`lipsync weights download
---eval`): syncnet_v2.model from the VGG site and pytorch-fid's Inception file from its GitHub release.
+--eval`): syncnet_v2.model from the VGG site, pytorch-fid's Inception file from its GitHub release and
+torchvision's AlexNet (the LPIPS backbone) from download.pytorch.org.
 
 A transfer goes to `NAME.part` beside its target and continues from there (an HTTP Range request) after a
 cut connection, in the same run or the next one. The finished file is checked (its length against what
-the server declared; pytorch-fid's against the first 8 hex digits of its SHA-256, which its name
-carries) before it replaces the target. ArcFace's backbone.pth has no single stable address: its source
-is printed instead.
+the server declared; pytorch-fid's and torchvision's against the first 8 hex digits of its SHA-256, which
+its name carries) before it replaces the target. ArcFace's backbone.pth has no single stable address, and
+LPIPS' linear layers ship inside the lpips package: where to get them is printed instead.
 
 `$LIPSYNC_EVAL_MIRROR` (a base URL) replaces each file's own address by `MIRROR/NAME`.
 """
@@ -27,6 +28,7 @@ from lipsync.config import EVAL_DOWNLOAD_ATTEMPTS, EVAL_DOWNLOAD_TIMEOUT_S, EVAL
 from lipsync.errors import LipsyncError, WeightsError
 from lipsync.eval.networks.arcface import ARCFACE_SOURCE, ZOO_EXAMPLE
 from lipsync.eval.networks.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_SOURCE
+from lipsync.eval.networks.lpips_net import ALEXNET_FILE, ALEXNET_URL, LPIPS_LINEAR_FILE, LPIPS_LINEAR_SOURCE
 from lipsync.eval.networks.syncnet_v2 import SYNCNET_V2_FILE, SYNCNET_V2_URL
 from lipsync.eval.networks.weights import ARCFACE_FILE, is_untrained_file
 from lipsync.io.files import atomic_path, file_sha256
@@ -37,6 +39,11 @@ PART_SUFFIX = ".part"
 _CHUNK = 1 << 20
 _HASH_PREFIX_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[a-z]+$")  # pytorch-fid's (and torch hub's) naming
 _RETRY_PAUSE_S = 1.0
+ADDRESSES = {  # each file's own public address
+    SYNCNET_V2_FILE: SYNCNET_V2_URL,
+    FID_WEIGHTS_FILE: FID_WEIGHTS_SOURCE,
+    ALEXNET_FILE: ALEXNET_URL,
+}
 
 
 @dataclass(frozen=True)
@@ -64,17 +71,18 @@ class EvalFetched:
 def eval_files(mirror: str | None = None) -> list[EvalFile]:
     """The files to fetch: from their own addresses, or from MIRROR/NAME ($LIPSYNC_EVAL_MIRROR)."""
     mirror = mirror if mirror is not None else os.environ.get(EVAL_MIRROR_ENV) or None
-    sources = {SYNCNET_V2_FILE: SYNCNET_V2_URL, FID_WEIGHTS_FILE: FID_WEIGHTS_SOURCE}
     return [
-        EvalFile(name, f"{mirror.rstrip('/')}/{name}" if mirror else url) for name, url in sources.items()
+        EvalFile(name, f"{mirror.rstrip('/')}/{name}" if mirror else url) for name, url in ADDRESSES.items()
     ]
 
 
 def not_downloadable() -> str:
-    """What to say about the file this command cannot fetch."""
+    """What to say about the files this command cannot fetch."""
     return (
         f"{ARCFACE_FILE} (CSIM) has no single stable address: get the {ARCFACE_SOURCE} ({ZOO_EXAMPLE}) "
-        "and put it in the eval weights folder under that name"
+        f"and put it in the eval weights folder under that name; {LPIPS_LINEAR_FILE} (LPIPS) is "
+        f"{LPIPS_LINEAR_SOURCE}: put it there under that name (an installed lpips package's own file is "
+        "also found)"
     )
 
 
@@ -112,7 +120,8 @@ def fetch_eval_file(file: EvalFile, folder: Path, log: Log = print) -> EvalFetch
             raise WeightsError(
                 f"{file.name} from {file.url} is not the expected file: its SHA-256 is {actual}, the name "
                 f"says it starts with {prefix}; it was removed",
-                f"run the command again; if it fails again, get the file from {FID_WEIGHTS_SOURCE} by hand"
+                f"run the command again; if it fails again, get the file from {ADDRESSES.get(file.name)} "
+                "by hand"
                 + (
                     f" (${EVAL_MIRROR_ENV} is set: check that mirror)"
                     if os.environ.get(EVAL_MIRROR_ENV)

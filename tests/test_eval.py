@@ -24,9 +24,9 @@ from conftest import media, tiny_syncnet_config, write_clip
 OPTIONS = EvalOptions(device="cpu", progress=False)
 ALL_KEYS = [
     "lse_d", "lse_c", "av_offset", "own_sync_confidence", "own_sync_offset", "fid_face", "fid_frame", "csim",
-    "lmd", "lmd_pixels", "psnr", "ssim", "ifc", "flicker",
+    "lpips", "lmd", "lmd_pixels", "lip_lmd", "psnr", "ssim", "ifc", "flicker",
 ]  # fmt: skip
-NEEDS_WEIGHTS = {"lse_d", "lse_c", "av_offset", "fid_face", "fid_frame", "csim"}
+NEEDS_WEIGHTS = {"lse_d", "lse_c", "av_offset", "fid_face", "fid_frame", "csim", "lpips"}
 DUB_FRAMES = 30
 SELF_FRAMES = 20
 

@@ -24,7 +24,9 @@ DESCRIPTION = (
 
 def register(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser(
-        "eval", help="evaluate a dubbed video (LSE, FID, CSIM, LMD, PSNR/SSIM, IFC)", description=DESCRIPTION
+        "eval",
+        help="evaluate a dubbed video (LSE, FID, CSIM, LPIPS, LMD and LipLMD, PSNR/SSIM, IFC)",
+        description=DESCRIPTION,
     )
     ev.add_argument("generated", type=Path, nargs="?", metavar="GENERATED", help="the video to evaluate")
     ev.add_argument("--reference", type=Path, help="the source video, frame-aligned with GENERATED")

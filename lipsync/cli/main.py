@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scaffold_eval = weights_commands.add_parser(
         "scaffold-eval",
-        help="write randomly initialised (UNTRAINED) syncnet_v2, InceptionV3 and ArcFace files "
-        "for `lipsync eval`",
+        help="write randomly initialised (UNTRAINED) syncnet_v2, InceptionV3, ArcFace and LPIPS "
+        "(AlexNet and linear layers) files for `lipsync eval`",
     )
     scaffold_eval.add_argument("dir", type=Path)
     scaffold_eval.add_argument(  # unset: scaffold_eval_weights' own default depth

@@ -26,13 +26,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from lipsync.config import FACE_SIZE, TRAINING_FPS, FaceSettings
-from lipsync.face.crop import CropBox
+from lipsync.config import TRAINING_FPS
 from lipsync.face.track import OVAL_POINTS, FaceTrack
 from lipsync.models.landmark_prior.generator import TRACK_LANDMARKS, LandmarkPriorGenerator
 from lipsync.models.landmark_prior.mel_windows import SequenceMelWindows
-from lipsync.train.data.format import ClipMeta, PreparedClip, read_clip
-from lipsync.train.stabilized_data import family_crop_box, family_crops
+from lipsync.train.data.format import ClipMeta, read_clip
+from lipsync.train.stabilized_data import family_boxes, family_crops
 
 CACHE_CLIPS = 64  # clips a `FamilyClips` keeps in memory (128 px faces: ~5 MB per 100 frames)
 
@@ -49,18 +48,6 @@ class FamilyClip:
     @property
     def frame_count(self) -> int:
         return len(self.landmarks)
-
-
-def family_boxes(clip: PreparedClip) -> np.ndarray:
-    """(N, 4) int32 x1, y1, x2, y2: each frame's family crop box in the stored crop's pixels, the box
-    `family_crops` cuts (the whole stored crop where the landmarks are degenerate)."""
-    height, width = clip.frames.shape[1:3]
-    margin = FaceSettings().extra_margin * FACE_SIZE / max(clip.meta.face_size, 1.0)
-    boxes = np.empty((clip.frame_count, 4), dtype=np.int32)
-    for index, points in enumerate(clip.landmarks):
-        box = family_crop_box(points, width, height, margin) or CropBox(0, 0, width, height)
-        boxes[index] = (box.x1, box.y1, box.x2, box.y2)
-    return boxes
 
 
 def crop_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:

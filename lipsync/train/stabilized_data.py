@@ -58,23 +58,31 @@ def family_crop_box(points: np.ndarray, width: int, height: int, extra_margin: f
     return CropBox(box.x1 - pad, box.y1 - pad, box.x2 - pad, box.y2 - pad)
 
 
+def family_boxes(clip: PreparedClip) -> np.ndarray:
+    """(N, 4) int32 x1, y1, x2, y2: each frame's family crop box in the stored crop's pixels (the whole
+    stored crop where the landmarks are degenerate); a box may reach past the stored crop."""
+    height, width = clip.frames.shape[1:3]
+    # The inference default extra margin is in source-video pixels; the stored crop scales the source so
+    # that the face box is FACE_SIZE px wide.
+    margin = FaceSettings().extra_margin * FACE_SIZE / max(clip.meta.face_size, 1.0)
+    boxes = np.empty((clip.frame_count, 4), dtype=np.int32)
+    for index, points in enumerate(clip.landmarks):
+        box = family_crop_box(points, width, height, margin) or CropBox(0, 0, width, height)
+        boxes[index] = (box.x1, box.y1, box.x2, box.y2)
+    return boxes
+
+
 def family_crops(clip: PreparedClip, size: int) -> np.ndarray:
     """(N, size, size, 3) uint8: every frame of a prepared clip cut with the family's crop rule."""
     frames = np.asarray(clip.frames)
     height, width = frames.shape[1:3]
-    # The inference default extra margin is in source-video pixels; the stored crop scales the source so
-    # that the face box is FACE_SIZE px wide.
-    margin = FaceSettings().extra_margin * FACE_SIZE / max(clip.meta.face_size, 1.0)
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
-    for index, frame in enumerate(frames):
-        box = family_crop_box(clip.landmarks[index], width, height, margin)
-        if box is None:  # degenerate landmarks: the whole stored crop
-            box = CropBox(0, 0, width, height)
-        pad = max(0, -box.x1, -box.y1, box.x2 - width, box.y2 - height)  # how far the box leaves the crop
+    for index, (frame, (x1, y1, x2, y2)) in enumerate(zip(frames, family_boxes(clip), strict=True)):
+        pad = max(0, -x1, -y1, x2 - width, y2 - height)  # how far the box leaves the crop
         image = np.ascontiguousarray(frame)
         if pad:
             image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        region = image[box.y1 + pad : box.y2 + pad, box.x1 + pad : box.x2 + pad]
+        region = image[y1 + pad : y2 + pad, x1 + pad : x2 + pad]
         out[index] = cv2.resize(region, (size, size), interpolation=cv2.INTER_LANCZOS4)
     return out
 

@@ -77,6 +77,11 @@ def validate_renderer_config(config: RendererTrainConfig) -> LossWeights:
             f"without_alignment is set for stage {config.stage}",
             "the ablation has no M_a to train or freeze (no warping, no L_w): use stage: joint",
         )
+    if config.warmup_steps and config.without_alignment:
+        raise ConfigError(
+            f"warmup_steps is {config.warmup_steps} with without_alignment",
+            "the warm-up trains M_a's warping, which the ablation removes: drop warmup_steps",
+        )
     if config.warmup_steps and config.stage != "joint":
         raise ConfigError(
             f"warmup_steps is {config.warmup_steps} for stage {config.stage}",

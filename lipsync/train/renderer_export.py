@@ -26,10 +26,10 @@ from torch import nn
 from lipsync.io.files import atomic_path
 from lipsync.models.landmark_prior.weights import DEFAULT_VERSION, FAMILY, FamilyConfig, WeightsLayout
 from lipsync.models.weights import ModelEntry, read_weights_manifest, write_model_entry
+from lipsync.train.landmark_export import UNTRAINED_PARTS
 from lipsync.train.stabilized_export import float32_state
 
 TRAINED_BY = "lipsync train renderer"
-UNTRAINED_PARTS = "untrained_parts"
 TRANSFORMER_PART = "transformer"
 
 

@@ -25,18 +25,21 @@ from torch import nn
 
 from lipsync.io.files import atomic_path
 from lipsync.models.landmark_prior.weights import (
+    ALIGNMENT_PART,
     DEFAULT_VERSION,
     FAMILY,
+    RENDERER_PART,
+    UNTRAINED_PARTS,
     FamilyConfig,
     WeightsLayout,
     scaffold_weights,
+    untrained_parts,
 )
-from lipsync.models.weights import ModelEntry, is_untrained, read_weights_manifest, write_model_entry
+from lipsync.models.weights import ModelEntry, read_weights_manifest, write_model_entry
 from lipsync.train.stabilized_export import float32_state
 
 TRAINED_BY = "lipsync train landmarks"
-UNTRAINED_PARTS = "untrained_parts"  # lipsync.json training info: the networks a folder holds untrained
-SCAFFOLDED_PARTS = ("alignment", "renderer")
+SCAFFOLDED_PARTS = (ALIGNMENT_PART, RENDERER_PART)
 
 
 def export_landmarks(
@@ -80,10 +83,5 @@ def export_landmarks(
 
 
 def base_untrained_parts(base: Path) -> list[str]:
-    """Which of M_a and M_r a base folder holds untrained: its `untrained_parts` (the renderer trainer's and
-    this export's key) without the transformer, which this run replaces; both for an unlisted scaffold."""
-    entry = read_weights_manifest(base).get(FAMILY)
-    listed = entry.training.get(UNTRAINED_PARTS) if entry else None
-    if isinstance(listed, list):
-        return [part for part in SCAFFOLDED_PARTS if part in listed]
-    return list(SCAFFOLDED_PARTS) if is_untrained(base, FAMILY) else []
+    """Which of M_a and M_r a base folder holds untrained (the transformer is the one this run replaces)."""
+    return [part for part in untrained_parts(base) if part in SCAFFOLDED_PARTS]

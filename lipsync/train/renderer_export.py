@@ -24,23 +24,24 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lipsync.io.files import atomic_path
-from lipsync.models.landmark_prior.weights import DEFAULT_VERSION, FAMILY, FamilyConfig, WeightsLayout
-from lipsync.models.weights import ModelEntry, read_weights_manifest, write_model_entry
-from lipsync.train.landmark_export import UNTRAINED_PARTS
+from lipsync.models.landmark_prior.weights import (
+    DEFAULT_VERSION,
+    FAMILY,
+    TRANSFORMER_PART,
+    UNTRAINED_PARTS,
+    FamilyConfig,
+    WeightsLayout,
+    untrained_parts,
+)
+from lipsync.models.weights import ModelEntry, write_model_entry
 from lipsync.train.stabilized_export import float32_state
 
 TRAINED_BY = "lipsync train renderer"
-TRANSFORMER_PART = "transformer"
 
 
 def transformer_untrained(folder: Path) -> bool:
-    """Whether a landmark-prior folder's transformer is untrained: listed in its `untrained_parts`, or the
-    whole folder marked untrained without such a list (a scaffold)."""
-    entry = read_weights_manifest(folder).get(FAMILY)
-    if entry is None:
-        return False
-    parts = entry.training.get(UNTRAINED_PARTS)
-    return TRANSFORMER_PART in parts if isinstance(parts, list) else entry.untrained
+    """Whether a landmark-prior folder's transformer is untrained."""
+    return TRANSFORMER_PART in untrained_parts(folder)
 
 
 def export_renderer(

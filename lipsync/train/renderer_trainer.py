@@ -42,12 +42,12 @@ from lipsync.models.landmark_prior.landmark_transformer import LandmarkTransform
 from lipsync.models.landmark_prior.losses import gan_discriminator_loss
 from lipsync.models.landmark_prior.networks import load_models
 from lipsync.models.landmark_prior.renderer import RenderingModel
-from lipsync.models.landmark_prior.weights import FamilyConfig, read_config
+from lipsync.models.landmark_prior.weights import TRANSFORMER_PART, FamilyConfig, read_config
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, RendererTrainConfig, flat_hparams, to_dict
 from lipsync.train.renderer_config import render_config, validate_renderer_config
 from lipsync.train.renderer_data import RendererBatch, RendererClips, RendererStream, fixed_batch
-from lipsync.train.renderer_export import TRANSFORMER_PART, export_renderer, transformer_untrained
+from lipsync.train.renderer_export import export_renderer, transformer_untrained
 from lipsync.train.renderer_losses import RendererLosses, StepLosses, discriminator
 from lipsync.train.syncnet_data import identity_collate
 from lipsync.train.unet_data import split_clips

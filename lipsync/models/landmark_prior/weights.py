@@ -39,6 +39,7 @@ from lipsync.models.weights import (
     check_weights_file,
     is_untrained,
     read_family_config,
+    read_weights_manifest,
     refuse_to_overwrite_trained,
     write_model_entry,
 )
@@ -196,3 +197,21 @@ def scaffold_weights(root: Path, tiny: bool = False, seed: int = 0, face_size: i
         }
     write_random_safetensors(networks, noise)
     write_model_entry(root, ModelEntry(FAMILY, DEFAULT_VERSION, "tiny" if tiny else "full", untrained=True))
+
+
+UNTRAINED_PARTS = "untrained_parts"  # lipsync.json training info: the networks a folder holds untrained
+TRANSFORMER_PART, ALIGNMENT_PART, RENDERER_PART = "transformer", "alignment", "renderer"
+PARTS = (TRANSFORMER_PART, ALIGNMENT_PART, RENDERER_PART)
+
+
+def untrained_parts(root: Path) -> list[str]:
+    """Which networks ROOT's folder holds untrained: its lipsync.json's `untrained_parts` (the trainers'
+    exports list them, since each trains only some), else all of them for a folder marked untrained (a
+    scaffold) and none otherwise."""
+    entry = read_weights_manifest(Path(root)).get(FAMILY)
+    if entry is None:
+        return []
+    listed = entry.training.get(UNTRAINED_PARTS)
+    if isinstance(listed, list):
+        return [part for part in PARTS if part in listed]
+    return list(PARTS) if entry.untrained else []

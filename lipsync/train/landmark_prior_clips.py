@@ -3,7 +3,7 @@
 Shared by the family's trainers (landmark transformer, renderer). Per clip, at 25 fps:
 
 * `landmarks` (N, 2, 68) float32: every frame's 68 landmarks normalised to that frame's crop box, in [0, 1]
-  across it, by the generator's own normalisation (`LandmarkPriorGenerator.track_references`);
+  across it, by the generator's own normalisation (`crop_normalised_landmarks`);
 * `faces` (N, S, S, 3) uint8 RGB, only when a face size is given: every frame cut with the family's crop
   rule and resized like inference (`stabilized_data.family_crops`; this family crops as stabilized-sync);
 * `mels`: the family's audio conditioning of the clip's audio.npy (`SequenceMelWindows`, what the
@@ -22,13 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 
 from lipsync.config import TRAINING_FPS
-from lipsync.face.track import OVAL_POINTS, FaceTrack
-from lipsync.models.landmark_prior.generator import TRACK_LANDMARKS, LandmarkPriorGenerator
+from lipsync.models.landmark_prior.generator import crop_normalised_landmarks
 from lipsync.models.landmark_prior.mel_windows import SequenceMelWindows
 from lipsync.train.data.format import ClipMeta, read_clip
 from lipsync.train.stabilized_data import family_boxes, family_crops
@@ -51,16 +49,12 @@ class FamilyClip:
 
 
 def crop_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, 2, 68) float32: landmarks (N, 68, 2) normalised to their frames' boxes (N, 4), by the generator's
-    own `track_references` (which reads nothing but the track, so no weights are loaded for it). Boxes may
-    reach past the stored crop: both are moved so that every box starts at x, y ≥ 0 (a track marks a
-    missing face with x1 < 0), which the normalisation does not see."""
+    """(N, 2, 68) float32: landmarks (N, 68, 2) normalised to their frames' boxes (N, 4) by the generator's
+    own normalisation. Boxes may reach past the stored crop: both are moved so that every box starts at
+    x, y ≥ 0 (x1 < 0 marks a frame without a face there), which the normalisation does not see."""
     boxes = np.asarray(boxes, dtype=np.int32)
     shift = max(0, -int(boxes[:, :2].min(initial=0)))
-    points = np.asarray(points, dtype=np.float32) + shift
-    ovals = np.zeros((len(points), OVAL_POINTS, 2), dtype=np.float32)  # not read
-    track = FaceTrack(boxes + shift, points, ovals)
-    return LandmarkPriorGenerator.track_references(cast(Any, None), track)[TRACK_LANDMARKS]
+    return crop_normalised_landmarks(np.asarray(points, dtype=np.float32) + shift, boxes + shift)
 
 
 def read_family_clip(folder: Path, face_size: int | None = None) -> FamilyClip:

@@ -81,6 +81,19 @@ def normalised_landmarks(points: np.ndarray, size: int) -> np.ndarray:
     return (np.asarray(points, dtype=np.float32) / size).transpose(0, 2, 1).copy()
 
 
+def crop_normalised_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, 2, 68) float32: each frame's landmarks (N, 68, 2) normalised to its crop box (N, 4) x1, y1, x2, y2
+    (the crop is the box resized to a square); NaN for frames without a face (x1 < 0). Training reads
+    landmarks through this too."""
+    faces = boxes[:, 0] >= 0
+    face_boxes = boxes[faces, None].astype(np.float32)
+    landmarks = np.full((len(boxes), COORDINATES, LANDMARK_COUNT), np.nan, np.float32)
+    landmarks[faces] = (
+        (points[faces] - face_boxes[..., :2]) / (face_boxes[..., 2:] - face_boxes[..., :2])
+    ).transpose(0, 2, 1)
+    return landmarks
+
+
 class LandmarkPriorGenerator(Generator):
     """The landmark transformer, M_a and M_r, as one generator."""
 
@@ -122,14 +135,7 @@ class LandmarkPriorGenerator(Generator):
         }
 
     def track_references(self, track: FaceTrack) -> dict[str, np.ndarray]:
-        """Every frame's landmarks normalised to its crop box (the crop is the box resized to a square)."""
-        faces = track.boxes[:, 0] >= 0
-        boxes = track.boxes[faces, None].astype(np.float32)
-        landmarks = np.full((track.frame_count, COORDINATES, LANDMARK_COUNT), np.nan, np.float32)
-        landmarks[faces] = (
-            (track.points[faces] - boxes[..., :2]) / (boxes[..., 2:] - boxes[..., :2])
-        ).transpose(0, 2, 1)
-        return {TRACK_LANDMARKS: landmarks}
+        return {TRACK_LANDMARKS: crop_normalised_landmarks(track.points, track.boxes)}
 
     def recipe(self) -> dict[str, Any]:
         """References depend on how many of each kind the config asks for."""

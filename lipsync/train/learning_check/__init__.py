@@ -4,7 +4,9 @@ Each clip is cut at 80 % of its frames: the heads are prepared as one training d
 train on them (each time-boxed), and the result dubs the held-out tails with their own audio. The dubs are
 scored against the real tails beside three controls (the same model fed shuffled audio, a mouth copied
 from another frame, and the real tail itself). A recipe is a family's list of training stages plus which
-stage's output dubs and which one judges sync (`recipes.py`); the rest does not depend on the family.
+stage's output dubs, which one judges sync (if any) and its rows (`recipes.py`: the landmark-prior recipe
+adds a renderer driven by the real landmarks, and a landmark table, `landmarks.py`); the rest does not
+depend on the family.
 """
 
 from lipsync.train.learning_check.config import LearningCheckConfig, load_learning_check_config

@@ -7,6 +7,8 @@
   `min_distance` frames away, drawn at random (fixed seed per frame). It is a Generator, so the dubbing
   pipeline finds, crops and pastes exactly as for the family: the family's crop box and lower-face mask,
   the crop resized through the family's face size. A real mouth, never in sync except by chance.
+* Real landmarks (landmark-prior family): the family's own generator with the transformer's lower jaw and
+  lips replaced by the frame's real ones (tracked as `dub` tracks), so the renderer alone is scored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from lipsync.models.generator import (
     GeneratorInfo,
     StreamingAudio,
 )
+from lipsync.models.landmark_prior.generator import LandmarkPriorGenerator
+from lipsync.models.landmark_prior.landmark_sets import CONTENT_POINTS
 from lipsync.timing import StageTimes
 
 CROPS = "crops"  # reference arrays: the crop of every frame with a face ...
@@ -104,3 +108,14 @@ class CopiedMouthGenerator(Generator):
     def generate(self, request: GenerationRequest, times: StageTimes) -> np.ndarray:
         crops, sources = request.references[CROPS], request.references[SOURCES]
         return np.stack([crops[self.donor(frame, sources)] for frame in request.sources])
+
+
+class RealLandmarkGenerator(LandmarkPriorGenerator):
+    """`family`'s networks, drawing each frame from its own real landmarks instead of the transformer's:
+    the five target sketches of frame s show the tracked landmarks of s − 2 … s + 2 (as in training)."""
+
+    def __init__(self, family: LandmarkPriorGenerator) -> None:
+        super().__init__(family.models, family.info.weights)
+
+    def _predict(self, mels: torch.Tensor, windows: np.ndarray, reference_points: np.ndarray) -> np.ndarray:
+        return windows[..., CONTENT_POINTS]

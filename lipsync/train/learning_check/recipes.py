@@ -1,16 +1,23 @@
 """Recipes: per family, the training stages of a learning check and which outputs dub and judge.
 
-The judge is a SyncNet trained on the same heads, used only to score the dubs (never as a training loss).
-A family adds its recipe to RECIPES; the stage kinds here wrap the project's trainers.
+The judge, when a recipe has one, is a SyncNet trained on the same heads, used only to score the dubs (never
+as a training loss). A family adds its recipe to RECIPES; the stage kinds here wrap the project's trainers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lipsync.train.config import ConfigError, StabilizedTrainConfig, SyncNetTrainConfig, load_config
+from lipsync.train.config import (
+    ConfigError,
+    LandmarkTrainConfig,
+    RendererTrainConfig,
+    StabilizedTrainConfig,
+    SyncNetTrainConfig,
+    load_config,
+)
 from lipsync.train.learning_check.config import StageEntry
 from lipsync.train.learning_check.stages import Stage, StageContext
 
@@ -113,15 +120,139 @@ class StabilizedStage(Stage):
         }
 
 
+class LandmarksStage(Stage):
+    """`lipsync train landmarks`: the landmark-prior family's audio-to-landmark transformer; its output is
+    the export (a weights folder whose M_a and M_r are scaffolds)."""
+
+    def __init__(self, name: str, about: str) -> None:
+        super().__init__(name, (), about)
+
+    def configure(self, entry: StageEntry, context: StageContext, where: str) -> LandmarkTrainConfig:
+        assert entry.config is not None
+        config = load_config(entry.config, LandmarkTrainConfig)
+        config = replace(
+            config,
+            output_dir=context.folder(self.name),
+            data=context.data(config.data),
+            max_seconds=context.max_seconds(entry, config.max_seconds, where),
+            max_steps=entry.max_steps or config.max_steps,
+        )
+        from lipsync.train.landmark_config import validate_landmark_config
+
+        validate_landmark_config(config)
+        return config
+
+    def output(self, folder: Path) -> Path:
+        from lipsync.train.run_files import EXPORT_DIR
+
+        return folder / EXPORT_DIR
+
+    def train(self, config: Any, progress: bool) -> dict[str, Any]:
+        from lipsync.train.landmark_trainer import PIXELS, train_landmarks
+
+        result = train_landmarks(config, progress=progress)
+        held = [{"step": step, "l1": l1, "l1_px": l1 * PIXELS} for step, l1 in result.validation_l1]
+        return {
+            "steps": result.steps,
+            "samples_per_second": round(result.samples_per_second, 2),
+            "held_out_l1_first": held[0] if held else None,
+            "held_out_l1_last": held[-1] if held else None,
+            "export": str(result.export_dir),
+        }
+
+
+class RendererStage(Stage):
+    """`lipsync train renderer`, stage joint: M_a and M_r, exported with the transformer of the stage
+    `transformer`; its output is that export, the folder that dubs."""
+
+    def __init__(self, name: str, transformer: str, about: str) -> None:
+        super().__init__(name, (transformer,), about)
+        self.transformer = transformer
+
+    def configure(self, entry: StageEntry, context: StageContext, where: str) -> RendererTrainConfig:
+        assert entry.config is not None
+        config = load_config(entry.config, RendererTrainConfig)
+        if config.stage != "joint":
+            raise ConfigError(
+                f"{where}: {entry.config} trains stage {config.stage}",
+                f"stage {self.name} needs stage joint (M_a and M_r together)",
+            )
+        config = replace(
+            config,
+            output_dir=context.folder(self.name),
+            data=context.data(config.data),
+            landmark_transformer=context.outputs[self.transformer],
+            max_seconds=context.max_seconds(entry, config.max_seconds, where),
+            max_steps=entry.max_steps or config.max_steps,
+        )
+        from lipsync.train.renderer_config import validate_renderer_config
+
+        validate_renderer_config(config)
+        return config
+
+    def output(self, folder: Path) -> Path:
+        from lipsync.train.run_files import EXPORT_DIR
+
+        return folder / EXPORT_DIR
+
+    def train(self, config: Any, progress: bool) -> dict[str, Any]:
+        from lipsync.train.renderer_trainer import train_renderer
+
+        result = train_renderer(config, progress=progress)
+        held = [
+            {"step": int(v["step"]), "l1": v["validation/l1"], "psnr": v["validation/psnr"]}
+            for v in result.validation
+        ]
+        return {
+            "steps": result.steps,
+            "samples_per_second": round(result.samples_per_second, 2),
+            "held_out_l1_first": held[0] if held else None,
+            "held_out_l1_last": held[-1] if held else None,
+            "export": str(result.export_dir),
+        }
+
+
+RowKind = Literal["model", "shuffled audio", "copied mouth", "real landmarks"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A dubbed row of the report: what makes its video (`run._score` knows each kind) and what it means.
+    model: the dub stage's weights with the tail's audio; shuffled audio: the same fed the audio shuffled;
+    copied mouth: no model; real landmarks: a landmark-prior export drawn from the tail's own landmarks."""
+
+    name: str
+    kind: RowKind
+    meaning: str
+
+
+STABILIZED_ROWS = (
+    Row("trained", "model", "the trained model dubs the tail with the tail's own audio"),
+    Row(
+        "shuffled audio",
+        "shuffled audio",
+        "the same model fed the tail's audio in shuffled pieces (scored with the real audio)",
+    ),
+    Row(
+        "copied mouth",
+        "copied mouth",
+        "no model: each frame gets the lower face of a random, distant frame of the same tail",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """A family's learning check: stages in order, the stage whose output dubs, the judge's stage."""
+    """A family's learning check: stages in order, the stage whose output dubs, the judge's stage, the rows
+    of the dubbed tails (the real tail is always the last), and whether the landmark table is scored."""
 
     family: str
     stages: tuple[Stage, ...]
     dub_stage: str  # its output is a weights folder `lipsync dub --weights` loads
-    judge_stage: str  # its output is a SyncNet checkpoint (`lipsync eval --syncnet`)
+    judge_stage: str | None  # its output is a SyncNet checkpoint (`lipsync eval --syncnet`); None: no judge
     notes: tuple[str, ...] = ()  # what the report should say about the recipe
+    rows: tuple[Row, ...] = STABILIZED_ROWS
+    landmark_table: bool = False  # the dub weights' transformer against a mean mouth (`landmarks.py`)
 
     def stage(self, name: str) -> Stage:
         return next(stage for stage in self.stages if stage.name == name)
@@ -149,7 +280,37 @@ STABILIZED_SYNC = Recipe(
     ),
 )
 
-RECIPES: dict[str, Recipe] = {STABILIZED_SYNC.family: STABILIZED_SYNC}
+LANDMARK_PRIOR = Recipe(
+    family="landmark-prior",
+    stages=(
+        LandmarksStage("landmarks", "the audio-to-landmark transformer (L1 + velocity)"),
+        RendererStage("renderer", "landmarks", "M_a + M_r, stage joint, on real landmark sketches"),
+    ),
+    dub_stage="renderer",
+    judge_stage=None,
+    rows=(
+        Row(
+            "predicted landmarks",
+            "model",
+            "the trained family dubs the tail with its own audio: the transformer's landmarks drive the "
+            "renderer (a normal `dub`)",
+        ),
+        Row(
+            "real landmarks",
+            "real landmarks",
+            "the same renderer driven by the tail's own tracked landmarks instead (the renderer alone)",
+        ),
+        STABILIZED_ROWS[1],
+        STABILIZED_ROWS[2],
+    ),
+    landmark_table=True,
+    notes=(
+        "The renderer's export dubs, with the landmarks stage's transformer copied in.",
+        "No judge SyncNet is trained for this family: the sync columns are left out.",
+    ),
+)
+
+RECIPES: dict[str, Recipe] = {recipe.family: recipe for recipe in (STABILIZED_SYNC, LANDMARK_PRIOR)}
 
 
 def recipe_for(family: str, source: str = "config") -> Recipe:

@@ -1,16 +1,17 @@
-"""report.md and report.json: the stages with their wall times, then row x metric, mean over the tails and
-per clip. Numbers are reported as measured: an untrained or briefly trained model's included."""
+"""report.md and report.json: the stages with their wall times, then one or more tables of row x metric
+(the dubbed tails; a family may add its own, e.g. landmark errors), mean over the tails and per clip.
+Numbers are reported as measured: an untrained or briefly trained model's included."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lipsync.io.files import atomic_path
-from lipsync.train.learning_check.scoring import ROWS, ClipScores, Score
+from lipsync.train.learning_check.scoring import ClipScores, Score
 from lipsync.train.learning_check.split import SplitClip
 from lipsync.train.learning_check.stages import StageRecord
 
@@ -28,28 +29,37 @@ class Column:
 
 COLUMNS = (
     Column("lmd", "mouth LMD ↓", 4),
-    Column("judge_confidence", "judge sync conf. ↑", 3),
-    Column("judge_offset", "judge offset →0", 1),
+    Column("judge_confidence", "judge sync conf. ↑", 3, optional=True),  # without a judge: no value
+    Column("judge_offset", "judge offset →0", 1, optional=True),
     Column("psnr", "PSNR face ↑", 2),
     Column("ssim", "SSIM face ↑", 3),
     Column("lse_c", "LSE-C ↑", 3, optional=True),
     Column("lse_d", "LSE-D ↓", 3, optional=True),
 )
 
-ROW_MEANING = {
-    "trained": "the trained model dubs the tail with the tail's own audio",
-    "shuffled audio": "the same model fed the tail's audio in shuffled pieces (scored with the real audio)",
-    "copied mouth": "no model: each frame gets the lower face of a random, distant frame of the same tail",
-    "real": "the tail itself (the ceiling for sync; LMD 0 and PSNR inf by definition)",
-}
+REAL_MEANING = "the tail itself (the ceiling for sync; LMD 0 and PSNR inf by definition)"
 
 
-def mean_scores(per_clip: dict[str, ClipScores]) -> dict[str, dict[str, Score]]:
+@dataclass(frozen=True)
+class ScoreTable:
+    """One table of the report: rows (in order, with what each means) x columns, per clip."""
+
+    title: str  # the markdown section, e.g. "Held-out tails"
+    rows: dict[str, str]  # row -> what it means
+    per_clip: dict[str, ClipScores]  # clip -> row -> metric -> score
+    columns: tuple[Column, ...] = COLUMNS
+    extra: dict[str, Any] = field(default_factory=dict)  # more JSON (e.g. the baseline it used)
+
+
+def mean_scores(
+    per_clip: dict[str, ClipScores], rows: list[str] | None = None, columns: tuple[Column, ...] = COLUMNS
+) -> dict[str, dict[str, Score]]:
     """Row -> metric -> mean over the clips that have a value (samples = how many clips)."""
+    rows = rows if rows is not None else list(next(iter(per_clip.values()), {}))
     means: dict[str, dict[str, Score]] = {}
-    for row in ROWS:
+    for row in rows:
         means[row] = {}
-        for column in COLUMNS:
+        for column in columns:
             values = [s[row][column.key].value for s in per_clip.values()]
             present = [v for v in values if v is not None]
             if not present:
@@ -60,11 +70,11 @@ def mean_scores(per_clip: dict[str, ClipScores]) -> dict[str, dict[str, Score]]:
     return means
 
 
-def _shown_columns(per_clip: dict[str, ClipScores]) -> list[Column]:
+def _shown_columns(table: ScoreTable) -> list[Column]:
     def any_value(key: str) -> bool:
-        return any(s[row][key].value is not None for s in per_clip.values() for row in ROWS)
+        return any(s[row][key].value is not None for s in table.per_clip.values() for row in table.rows)
 
-    return [c for c in COLUMNS if not c.optional or any_value(c.key)]
+    return [c for c in table.columns if not c.optional or any_value(c.key)]
 
 
 def _cell(score: Score, digits: int) -> str:
@@ -100,6 +110,8 @@ def _stage_lines(stages: list[StageRecord]) -> list[str]:
         elif summary.get("held_out_l1_last"):
             first, last = summary["held_out_l1_first"], summary["held_out_l1_last"]
             held = f"L1 {first['l1']:.4f} (step {first['step']}) → {last['l1']:.4f} (step {last['step']})"
+            if "psnr" in first and "psnr" in last:
+                held += f", PSNR {first['psnr']:.2f} → {last['psnr']:.2f} dB"
         steps = summary.get("steps", "")
         if record.name in ("split", "prepare"):
             held = f"{summary.get('clips', '')} clips"
@@ -114,11 +126,10 @@ def render_markdown(
     command: str,
     clips: list[SplitClip],
     stages: list[StageRecord],
-    per_clip: dict[str, ClipScores],
+    tables: list[ScoreTable],
     notes: list[str],
     total_seconds: float,
 ) -> str:
-    columns = _shown_columns(per_clip)
     lines = [
         f"# Learning check: {family}",
         "",
@@ -131,15 +142,20 @@ def render_markdown(
         "",
         *_stage_lines(stages),
         "",
-        f"## Held-out tails: mean over {len(per_clip)} clips",
-        "",
-        *_table(mean_scores(per_clip), columns),
-        "",
+    ]
+    for table in tables:
+        lines += [
+            f"## {table.title}: mean over {len(table.per_clip)} clips",
+            "",
+            *_table(mean_scores(table.per_clip, list(table.rows), table.columns), _shown_columns(table)),
+            "",
+            "Rows:",
+            "",
+            *(f"- **{row}**: {meaning}" for row, meaning in table.rows.items()),
+            "",
+        ]
+    lines += [
         "`*` a value with a note (a mean over fewer clips, or untrained metric weights): see report.json.",
-        "",
-        "Rows:",
-        "",
-        *(f"- **{row}**: {ROW_MEANING[row]}" for row in ROWS),
         "",
         "## Per clip",
         "",
@@ -149,9 +165,9 @@ def render_markdown(
             f"### {clip.name} ({clip.frames} frames at {float(_fps(clip.fps)):.2f} fps; tail = frames "
             f"{clip.cut}..{clip.frames - 1}, {clip.tail_frames} frames)",
             "",
-            *_table(per_clip[clip.name], columns),
-            "",
         ]
+        for table in tables:
+            lines += [*_table(table.per_clip[clip.name], _shown_columns(table)), ""]
     lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     return "\n".join(lines)
 
@@ -167,13 +183,25 @@ def report_json(
     command: str,
     clips: list[SplitClip],
     stages: list[StageRecord],
-    per_clip: dict[str, ClipScores],
+    tables: list[ScoreTable],
     notes: list[str],
     total_seconds: float,
 ) -> dict[str, Any]:
+    """The first table (the dubbed tails) at the top level (rows, metrics, mean, per_clip); the others
+    under `tables`, by title."""
+
     def scores(rows: dict[str, dict[str, Score]]) -> dict[str, Any]:
         return {
             row: {key: score.to_json() for key, score in metrics.items()} for row, metrics in rows.items()
+        }
+
+    def table_json(table: ScoreTable) -> dict[str, Any]:
+        return {
+            "rows": table.rows,
+            "metrics": {c.key: c.title for c in table.columns},
+            "mean": scores(mean_scores(table.per_clip, list(table.rows), table.columns)),
+            "per_clip": {name: scores(rows) for name, rows in table.per_clip.items()},
+            **table.extra,
         }
 
     return {
@@ -183,10 +211,8 @@ def report_json(
         "all_stages_seconds": round(sum(record.seconds for record in stages), 1),
         "stages": [record.to_json() for record in stages],
         "clips": [clip.to_json() for clip in clips],
-        "rows": {row: ROW_MEANING[row] for row in ROWS},
-        "metrics": {c.key: c.title for c in COLUMNS},
-        "mean": scores(mean_scores(per_clip)),
-        "per_clip": {name: scores(rows) for name, rows in per_clip.items()},
+        **table_json(tables[0]),
+        "tables": {table.title: table_json(table) for table in tables[1:]},
         "notes": notes,
     }
 

@@ -16,13 +16,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lipsync.train.config import ConfigError
 from lipsync.train.learning_check.config import LearningCheckConfig, StageEntry, load_learning_check_config
 from lipsync.train.learning_check.recipes import Recipe, check_stage_entries, recipe_for
-from lipsync.train.learning_check.report import render_markdown, report_json, write_reports
-from lipsync.train.learning_check.scoring import ClipScores, score_clip
+from lipsync.train.learning_check.report import (
+    REAL_MEANING,
+    ScoreTable,
+    render_markdown,
+    report_json,
+    write_reports,
+)
+from lipsync.train.learning_check.scoring import REAL, DubbedRow, score_clip
 from lipsync.train.learning_check.split import SplitClip, cut_frame, read_split, split_clips
 from lipsync.train.learning_check.stages import (
     STAGES_DIR,
@@ -31,6 +37,10 @@ from lipsync.train.learning_check.stages import (
     dependents,
     run_stage,
 )
+
+if TYPE_CHECKING:
+    from lipsync.models.generator import Generator
+    from lipsync.models.landmark_prior.generator import LandmarkPriorGenerator
 
 SPLIT_DIR = "split"
 DATASET_DIR = "dataset"
@@ -101,7 +111,7 @@ def run_learning_check(
         return LearningCheckResult(records)
 
     scoring_started = time.monotonic()
-    per_clip, notes = _score(recipe, config, context, clips, out, say)
+    tables, notes = _score(recipe, config, context, clips, out, say)
     records.append(
         StageRecord(
             "scoring", "ran", round(time.monotonic() - scoring_started, 2), {}, "dub and score the tails"
@@ -117,8 +127,8 @@ def run_learning_check(
     ]
     total = time.monotonic() - started
     command = command or f"lipsync learning-check {config_path} --out {out}"
-    markdown = render_markdown(config.family, command, clips, records, per_clip, notes, total)
-    data = report_json(config.family, command, clips, records, per_clip, notes, total)
+    markdown = render_markdown(config.family, command, clips, records, tables, notes, total)
+    data = report_json(config.family, command, clips, records, tables, notes, total)
     md_path, json_path = write_reports(out, markdown, data)
     return LearningCheckResult(records, md_path, json_path, markdown, data)
 
@@ -228,41 +238,97 @@ def _score(
     clips: list[SplitClip],
     out: Path,
     say: Callable[[str], None],
-) -> tuple[dict[str, ClipScores], list[str]]:
+) -> tuple[list[ScoreTable], list[str]]:
     from lipsync.config import DubSettings, RuntimeSettings
     from lipsync.pipeline.dub import DubPipeline
-    from lipsync.train.learning_check.controls import CopiedMouthGenerator
+    from lipsync.train.learning_check.controls import CopiedMouthGenerator, RealLandmarkGenerator
 
     evaluation = config.evaluation
     weights = context.outputs[recipe.dub_stage]
-    judge = context.outputs[recipe.judge_stage]
-    say(f"scoring: dubbing the tails with {weights}, judged by {judge}")
+    judge = context.outputs[recipe.judge_stage] if recipe.judge_stage else None
+    say(f"scoring: dubbing the tails with {weights}" + (f", judged by {judge}" if judge else ""))
     settings = DubSettings(
         silence="generate",
         runtime=RuntimeSettings(device=evaluation.device, dtype="fp32", batch_size=evaluation.batch_size),
     )
     trained = DubPipeline.from_pretrained(weights, settings=settings)
-    copied = DubPipeline(
-        CopiedMouthGenerator(trained.generator, evaluation.seed, evaluation.copy_min_distance), settings
+    copied = CopiedMouthGenerator(trained.generator, evaluation.seed, evaluation.copy_min_distance)
+    pipelines = {"model": trained, "shuffled audio": trained, "copied mouth": DubPipeline(copied, settings)}
+    if any(row.kind == "real landmarks" for row in recipe.rows) or recipe.landmark_table:
+        family = _landmark_prior(trained.generator, weights)
+        pipelines["real landmarks"] = DubPipeline(RealLandmarkGenerator(family), settings)
+
+    def dubber(pipeline: DubPipeline) -> Callable[[Path, Path, Path, int], None]:
+        def dub(video: Path, audio: Path, output: Path, frames: int) -> None:
+            pipeline(video, audio, output, progress=False, max_frames=frames)
+
+        return dub
+
+    rows = [
+        DubbedRow(row.name, dubber(pipelines[row.kind]), row.kind == "shuffled audio") for row in recipe.rows
+    ]
+    sync = (
+        "judge = the judge SyncNet's mean clamp(cos, 0, 1) and best offset; "
+        if judge
+        else "no judge SyncNet (no sync columns); "
     )
     notes = [
         "Dubs: silence generate (every tail frame gets a new mouth), fp32, the tail itself as the source.",
         f"Shuffled audio: {evaluation.shuffle_piece_seconds:g} s pieces, seed {evaluation.seed}; copied "
         f"mouth: donor frames >= {evaluation.copy_min_distance} frames away, seed {evaluation.seed}.",
         "Metrics are `lipsync eval`'s, each video against the real tail with the tail's own audio "
-        "(docs/evaluation.md): LMD = mouth points 48-67 over the inter-ocular distance; judge = the "
-        "judge SyncNet's mean clamp(cos, 0, 1) and best offset; PSNR/SSIM on the 256 px face crop.",
+        f"(docs/evaluation.md): LMD = mouth points 48-67 over the inter-ocular distance; {sync}"
+        "PSNR/SSIM on the 256 px face crop.",
     ]
     if trained.generator.untrained:
         notes.append("WARNING: the dubbing weights are marked UNTRAINED.")
 
-    def dub(video: Path, audio: Path, output: Path, frames: int) -> None:
-        trained(video, audio, output, progress=False, max_frames=frames)
+    dubbed = {clip.name: score_clip(clip, rows, judge, evaluation, out, say) for clip in clips}
+    meanings = {row.name: row.meaning for row in recipe.rows} | {REAL: REAL_MEANING}
+    tables = [ScoreTable("Held-out tails", meanings, dubbed)]
+    if recipe.landmark_table:
+        tables.append(_landmark_table(_landmark_prior(trained.generator, weights), context, clips, out, say))
+        notes.append(
+            "Landmark L1: the mean absolute coordinate error of the 31 lower-jaw and lip points over every "
+            "tail frame with a face, crop-normalised (x 128 for px); the mean mouth is the mean over every "
+            "frame of the prepared heads (OUT/eval/mean-mouth.json), never a tail frame."
+        )
+    return tables, notes
 
-    def copy_mouth(video: Path, audio: Path, output: Path, frames: int) -> None:
-        copied(video, audio, output, progress=False, max_frames=frames)
 
-    per_clip: dict[str, ClipScores] = {}
+def _landmark_prior(generator: Generator, weights: Path) -> LandmarkPriorGenerator:
+    from lipsync.models.landmark_prior.generator import LandmarkPriorGenerator
+
+    if not isinstance(generator, LandmarkPriorGenerator):
+        raise ConfigError(
+            f"{weights} holds a {generator.family} model, not landmark-prior",
+            "the real-landmark row and the landmark table need the landmark-prior family",
+        )
+    return generator
+
+
+def _landmark_table(
+    generator: LandmarkPriorGenerator,
+    context: StageContext,
+    clips: list[SplitClip],
+    out: Path,
+    say: Callable[[str], None],
+) -> ScoreTable:
+    from lipsync.train.learning_check.landmarks import (
+        COLUMNS,
+        MEAN_MOUTH_FILE,
+        ROWS,
+        head_mean_mouth,
+        landmark_scores,
+        write_mean_mouth,
+    )
+    from lipsync.train.learning_check.scoring import EVAL_DIR
+
+    mean, frames = head_mean_mouth(context.dataset)
+    path = write_mean_mouth(out / EVAL_DIR / MEAN_MOUTH_FILE, mean, frames)
+    per_clip = {}
     for clip in clips:
-        per_clip[clip.name] = score_clip(clip, dub, copy_mouth, judge, evaluation, out, say)
-    return per_clip, notes
+        say(f"  {clip.name}: landmark errors")
+        per_clip[clip.name] = landmark_scores(generator, Path(clip.tail), clip.tail_frames, mean)
+    extra = {"mean_mouth": str(path), "mean_mouth_frames": sum(frames.values())}
+    return ScoreTable("Held-out tails: lower-jaw and lip landmarks", ROWS, per_clip, COLUMNS, extra)

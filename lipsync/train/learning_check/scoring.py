@@ -1,15 +1,16 @@
-"""Dub every tail (trained model, shuffled audio, copied mouth) and score it against the real tail.
+"""Dub every tail (the recipe's rows: the trained model, its controls) and score it against the real tail.
 
 Each video is scored by `lipsync eval` itself (lipsync.eval.run.evaluate) against the tail, with the tail's
-own audio: mouth LMD, the judge SyncNet's confidence and offset, PSNR/SSIM of the face crop, and LSE when
-syncnet_v2 weights are given. The dubs are made with `silence: generate`, so every frame of the tail shows
-a generated (or copied) mouth, pauses included: nothing of the real mouth is kept.
+own audio: mouth LMD, the judge SyncNet's confidence and offset (when the recipe has a judge), PSNR/SSIM of
+the face crop, and LSE when syncnet_v2 weights are given. The dubs are made with `silence: generate`, so
+every frame of the tail shows a generated (or copied) mouth, pauses included: nothing of the real mouth is
+kept.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lipsync.io.audio import load_audio
 from lipsync.train.learning_check.config import EvaluationSettings
 from lipsync.train.learning_check.split import SplitClip, write_wav
 
-ROWS = ("trained", "shuffled audio", "copied mouth", "real")
+REAL = "real"  # the tail itself: the last row of every clip
 EVAL_DIR = "eval"
 NO_WEIGHTS_DIR = "no-eval-weights"  # an empty folder: only the weight-free metrics and the judge run
 
@@ -51,49 +52,60 @@ class Score:
 
 
 ClipScores = dict[str, dict[str, Score]]  # row -> metric -> score
+Dub = Callable[[Path, Path, Path, int], None]  # (source video, audio, output video, frames)
+
+
+@dataclass(frozen=True)
+class DubbedRow:
+    """A row whose video is a dub of the tail: by `dub`, fed the tail's audio (shuffled, or its own)."""
+
+    name: str
+    dub: Dub
+    shuffled_audio: bool = False
 
 
 def score_clip(
     clip: SplitClip,
-    dub: Callable[[Path, Path, Path, int], None],
-    copy_mouth: Callable[[Path, Path, Path, int], None],
-    judge: Path,
+    rows: Sequence[DubbedRow],
+    judge: Path | None,
     settings: EvaluationSettings,
     out: Path,
     say: Callable[[str], None],
 ) -> ClipScores:
-    """The four rows of one tail; videos and `lipsync eval` reports under out/eval/CLIP."""
+    """The rows of one tail, then the real tail; videos and `lipsync eval` reports under out/eval/CLIP.
+    Without a judge SyncNet the judge's metrics have no value."""
     from lipsync.train.learning_check.controls import shuffled_audio
 
     folder = out / EVAL_DIR / clip.name
     folder.mkdir(parents=True, exist_ok=True)
     tail, tail_audio = Path(clip.tail), Path(clip.tail_audio)
-    samples = load_audio(tail_audio).samples
-    piece = max(1, round(settings.shuffle_piece_seconds * AUDIO_SAMPLE_RATE))
-    shuffled = write_wav(folder / "shuffled-audio.wav", shuffled_audio(samples, piece, settings.seed))
-    frames = clip.tail_frames
+    shuffled = tail_audio
+    if any(row.shuffled_audio for row in rows):
+        samples = load_audio(tail_audio).samples
+        piece = max(1, round(settings.shuffle_piece_seconds * AUDIO_SAMPLE_RATE))
+        shuffled = write_wav(folder / "shuffled-audio.wav", shuffled_audio(samples, piece, settings.seed))
 
     videos: dict[str, Path] = {}
-    for row, make, audio in (
-        ("trained", dub, tail_audio),
-        ("shuffled audio", dub, shuffled),
-        ("copied mouth", copy_mouth, tail_audio),
-    ):
-        video = folder / f"{row.replace(' ', '-')}.mp4"
-        say(f"  {clip.name}: dubbing '{row}'")
-        make(tail, audio, video, frames)
-        videos[row] = video
-    videos["real"] = tail
+    for row in rows:
+        video = folder / f"{_file_name(row.name)}.mp4"
+        say(f"  {clip.name}: dubbing '{row.name}'")
+        row.dub(tail, shuffled if row.shuffled_audio else tail_audio, video, clip.tail_frames)
+        videos[row.name] = video
+    videos[REAL] = tail
 
     weights = EvalWeightFiles.in_folder(
         settings.eval_weights or out / EVAL_DIR / NO_WEIGHTS_DIR, syncnet=judge
     )
     scores: ClipScores = {}
-    for row in ROWS:
-        say(f"  {clip.name}: scoring '{row}'")
-        report = _evaluate(videos[row], tail, tail_audio, weights, settings, folder / row.replace(" ", "-"))
-        scores[row] = {key: _score(report, metric) for key, metric in METRICS.items()}
+    for name, video in videos.items():
+        say(f"  {clip.name}: scoring '{name}'")
+        report = _evaluate(video, tail, tail_audio, weights, settings, folder / _file_name(name))
+        scores[name] = {key: _score(report, metric) for key, metric in METRICS.items()}
     return scores
+
+
+def _file_name(row: str) -> str:
+    return row.replace(" ", "-")
 
 
 def _evaluate(

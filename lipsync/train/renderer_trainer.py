@@ -19,8 +19,6 @@ OUTPUT_DIR/
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +30,6 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lipsync.errors import WeightsError
 from lipsync.eval.image_metrics import psnr
@@ -319,45 +316,15 @@ class RendererTrainer:
         def validate() -> None:
             history.append({"step": self.step} | self.validate())
 
-        if self.step < config.max_steps and (self.step == 0 or self.step % config.validate_every):
-            validate()
-        bar = tqdm(
-            total=config.max_steps,
-            initial=self.step,
-            desc=f"renderer {config.stage}",
-            unit="step",
-            disable=not (self.progress and self.accelerator.is_main_process),
+        seconds, samples_per_second = run_files.train_loop(
+            self, config, f"renderer {config.stage}", ("loss", "loss/total"), validate
         )
-        samples, started = 0, time.perf_counter()
-        batches = run_files.endless(self.loader)
-        while self.step < config.max_steps:
-            if run_files.out_of_time(self.accelerator, time.perf_counter() - started, config.max_seconds):
-                if self.step > self.start_step and self.step % config.validate_every:
-                    validate()
-                if self.step > self.start_step and self.step % config.checkpoint_every:
-                    self.save_checkpoint()
-                break
-            logs = self.train_step(next(batches))
-            samples += config.batch_size * self.accelerator.num_processes
-            self.step += 1
-            bar.update(1)
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
-                logs["samples_per_second"] = samples / (time.perf_counter() - started)
-                self._log(logs)
-                bar.set_postfix(loss=f"{logs['loss/total']:.4f}")
-            if self.step % config.validate_every == 0 or self.step == config.max_steps:
-                validate()
-            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
-                self.save_checkpoint()
-        bar.close()
-        seconds = time.perf_counter() - started
-        self.accelerator.end_training()
         export_dir = Path(config.output_dir) / run_files.EXPORT_DIR
         return RendererTrainResult(
             steps=self.step,
             start_step=self.start_step,
             seconds=seconds,
-            samples_per_second=samples / seconds if seconds > 0 else math.nan,
+            samples_per_second=samples_per_second,
             validation=history,
             export_dir=export_dir if export_dir.is_dir() else None,
         )

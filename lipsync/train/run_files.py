@@ -10,13 +10,16 @@ metrics.jsonl                every logged value, one JSON object per line (no Te
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
@@ -89,3 +92,92 @@ def out_of_time(accelerator: Accelerator, seconds: float, max_seconds: float | N
     if accelerator.num_processes > 1:
         over = accelerator.reduce(over, reduction="sum")
     return float(over) > 0
+
+
+class LoopSettings(Protocol):
+    """The fields of a trainer config the step loop reads."""
+
+    @property
+    def output_dir(self) -> Path: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_steps(self) -> int: ...
+    @property
+    def max_seconds(self) -> float | None: ...
+    @property
+    def log_every(self) -> int: ...
+    @property
+    def validate_every(self) -> int: ...
+    @property
+    def checkpoint_every(self) -> int: ...
+
+
+class LoopTrainer(Protocol):
+    """What the step loop drives: a trainer at `step` (resumed at `start_step`) over `loader`."""
+
+    step: int
+
+    @property
+    def accelerator(self) -> Accelerator: ...
+    @property
+    def start_step(self) -> int: ...
+    @property
+    def progress(self) -> bool: ...
+    @property
+    def loader(self) -> Iterable[Any]: ...
+
+    def train_step(self, batch: Any) -> dict[str, float]: ...
+
+    def save_checkpoint(self) -> Path: ...
+
+
+def train_loop(
+    trainer: LoopTrainer,
+    config: LoopSettings,
+    description: str,
+    shown: tuple[str, str],
+    validate: Callable[[], None],
+) -> tuple[float, float]:
+    """The step loop of the accelerate trainers, until max_steps or max_seconds: a validation first (on a
+    fresh run, or a resumed one between validations), then per step the trainer's `train_step`, logged
+    every log_every steps (with samples per second; `shown` = (label, log key) for the progress bar),
+    validated and checkpointed on their periods and at the end. A run stopped by max_seconds validates
+    and checkpoints where it stopped. Returns (seconds, samples per second)."""
+    accelerator = trainer.accelerator
+    if trainer.step < config.max_steps and (trainer.step == 0 or trainer.step % config.validate_every):
+        validate()
+    bar = tqdm(
+        total=config.max_steps,
+        initial=trainer.step,
+        desc=description,
+        unit="step",
+        disable=not (trainer.progress and accelerator.is_main_process),
+    )
+    samples, started = 0, time.perf_counter()
+    batches = endless(trainer.loader)
+    while trainer.step < config.max_steps:
+        if out_of_time(accelerator, time.perf_counter() - started, config.max_seconds):
+            if trainer.step > trainer.start_step and trainer.step % config.validate_every:
+                validate()
+            if trainer.step > trainer.start_step and trainer.step % config.checkpoint_every:
+                trainer.save_checkpoint()
+            break
+        logs = trainer.train_step(next(batches))
+        samples += config.batch_size * accelerator.num_processes
+        trainer.step += 1
+        bar.update(1)
+        last = trainer.step == config.max_steps
+        if trainer.step % config.log_every == 0 or last:
+            logs["samples_per_second"] = samples / (time.perf_counter() - started)
+            log_values(accelerator, config.output_dir, trainer.step, logs)
+            label, key = shown
+            bar.set_postfix({label: f"{logs[key]:.4f}"})
+        if trainer.step % config.validate_every == 0 or last:
+            validate()
+        if trainer.step % config.checkpoint_every == 0 or last:
+            trainer.save_checkpoint()
+    bar.close()
+    seconds = time.perf_counter() - started
+    accelerator.end_training()
+    return seconds, samples / seconds if seconds > 0 else math.nan

@@ -14,19 +14,17 @@ frame's family crop by the generator's own normalisation, mel windows from the f
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lipsync.models.landmark_prior.landmark_sets import CONTENT_POINTS, POSE_POINTS, REFERENCE_ORDER
 from lipsync.models.landmark_prior.landmark_transformer import REFERENCE_SETS, SEQUENCE_FRAMES
 from lipsync.models.landmark_prior.mel_windows import CENTRE
-from lipsync.train.config import ConfigError
 from lipsync.train.landmark_prior_clips import FamilyClips
 from lipsync.train.unet_data import read_meta
 
@@ -109,29 +107,3 @@ class LandmarkSamples:
             torch.from_numpy(np.stack(references)),
             landmarks[..., CONTENT_POINTS].contiguous(),
         )
-
-
-class LandmarkStream(IterableDataset[LandmarkBatch]):
-    """Endless random training batches (DataLoader(batch_size=None)); each process and worker draws from
-    its own generator: seed, rank, worker id."""
-
-    def __init__(self, samples: LandmarkSamples, batch_size: int, seed: int, rank: int = 0) -> None:
-        super().__init__()
-        if not len(samples):
-            raise ConfigError(
-                f"no training clip has {MIN_CLIP_FRAMES} frames or more",
-                "prepare longer clips, or hold out fewer clips (data.val_*)",
-            )
-        self.samples, self.batch_size, self.seed, self.rank = samples, batch_size, seed, rank
-
-    def __iter__(self) -> Iterator[LandmarkBatch]:
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, self.rank, info.id if info else 0])
-        while True:
-            yield self.samples.batch([self.samples.draw(rng) for _ in range(self.batch_size)])
-
-
-def fixed_batch(samples: LandmarkSamples, count: int, seed: int) -> LandmarkBatch:
-    """The same `count` samples on every call: the validation batch."""
-    rng = np.random.default_rng(seed)
-    return samples.batch([samples.draw(rng) for _ in range(count)])

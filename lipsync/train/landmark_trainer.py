@@ -29,17 +29,12 @@ from lipsync.models.landmark_prior.landmark_transformer import LandmarkTransform
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, LandmarkTrainConfig, flat_hparams, to_dict
 from lipsync.train.landmark_config import validate_landmark_config
-from lipsync.train.landmark_data import (
-    LandmarkBatch,
-    LandmarkSamples,
-    LandmarkStream,
-    fixed_batch,
-    usable_clips,
-)
+from lipsync.train.landmark_data import MIN_CLIP_FRAMES, LandmarkBatch, LandmarkSamples, usable_clips
 from lipsync.train.landmark_export import export_landmarks
 from lipsync.train.landmark_inspect import clip_inspection, inspection_strip, save_inspection
 from lipsync.train.landmark_losses import landmark_loss, velocity_loss
 from lipsync.train.landmark_prior_clips import FamilyClips
+from lipsync.train.random_batches import RandomBatches, fixed_batch
 from lipsync.train.syncnet_data import identity_collate
 from lipsync.train.unet_data import split_clips
 
@@ -92,11 +87,13 @@ class LandmarkTrainer:
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         self.step = run_files.resume(self.accelerator, config.output_dir)
         self.start_step = self.step
-        stream = LandmarkStream(
+        stream = RandomBatches(
             self.train_samples,
             config.batch_size,
             config.seed * 1_000_003 + self.step,
             self.accelerator.process_index,
+            MIN_CLIP_FRAMES,
+            "prepare longer clips, or hold out fewer clips (data.val_*)",
         )
         self.loader: DataLoader[Any] = DataLoader(
             stream,

@@ -21,21 +21,19 @@ the five IP_LAP mel windows, of which M_r reads the middle one, m_t.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lipsync.models.landmark_prior.generator import to_tensor
 from lipsync.models.landmark_prior.landmark_sets import LIP_EDGES
 from lipsync.models.landmark_prior.mel_windows import CENTRE
 from lipsync.models.landmark_prior.references import neighbour_frames
 from lipsync.models.landmark_prior.sketch import CONTEXT_FRAMES, STACK_FRAMES, draw_sketch, sketch_stack
-from lipsync.train.config import ConfigError
 from lipsync.train.data.format import ClipMeta
 from lipsync.train.landmark_prior_clips import FamilyClips
 from lipsync.train.unet_data import read_meta
@@ -152,29 +150,3 @@ class RendererClips:
             tuple(self.metas[s.clip].clip_id for s in samples),
             tuple(s.frame for s in samples),
         )
-
-
-class RendererStream(IterableDataset[RendererBatch]):
-    """Endless random training batches (DataLoader(batch_size=None)); each process and worker draws from
-    its own generator: seed, rank, worker id."""
-
-    def __init__(self, clips: RendererClips, batch_size: int, seed: int, rank: int = 0) -> None:
-        super().__init__()
-        if not len(clips):
-            raise ConfigError(
-                f"no training clip has {MIN_CLIP_FRAMES} frames or more",
-                "prepare longer clips (lipsync data prepare --min-clip-seconds)",
-            )
-        self.clips, self.batch_size, self.seed, self.rank = clips, batch_size, seed, rank
-
-    def __iter__(self) -> Iterator[RendererBatch]:
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, self.rank, info.id if info else 0])
-        while True:
-            yield self.clips.batch([self.clips.draw(rng) for _ in range(self.batch_size)])
-
-
-def fixed_batch(clips: RendererClips, count: int, seed: int) -> RendererBatch:
-    """The same `count` samples on every call: the validation batch."""
-    rng = np.random.default_rng(seed)
-    return clips.batch([clips.draw(rng) for _ in range(count)])

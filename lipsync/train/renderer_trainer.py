@@ -42,8 +42,9 @@ from lipsync.models.landmark_prior.renderer import RenderingModel
 from lipsync.models.landmark_prior.weights import TRANSFORMER_PART, FamilyConfig, read_config
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, RendererTrainConfig, flat_hparams, to_dict
+from lipsync.train.random_batches import RandomBatches, fixed_batch
 from lipsync.train.renderer_config import render_config, validate_renderer_config
-from lipsync.train.renderer_data import RendererBatch, RendererClips, RendererStream, fixed_batch
+from lipsync.train.renderer_data import MIN_CLIP_FRAMES, RendererBatch, RendererClips
 from lipsync.train.renderer_export import export_renderer, transformer_untrained
 from lipsync.train.renderer_losses import RendererLosses, StepLosses, discriminator
 from lipsync.train.syncnet_data import identity_collate
@@ -119,11 +120,13 @@ class RendererTrainer:
             self.alignment, self.renderer, self.discriminator, self.optimizer, self.d_optimizer = prepared
         self.step = run_files.resume(accelerator, config.output_dir)
         self.start_step = self.step
-        stream = RendererStream(
+        stream = RandomBatches(
             self.train_clips,
             config.batch_size,
             config.seed * 1_000_003 + self.step,
             accelerator.process_index,
+            MIN_CLIP_FRAMES,
+            "prepare longer clips (lipsync data prepare --min-clip-seconds)",
         )
         self.loader: DataLoader[Any] = DataLoader(
             stream,

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lipsync.config import FACE_SIZE, TRAINING_FPS, FaceSettings
 from lipsync.face.crop import CropBox
 from lipsync.models.stabilized_sync.mel import SYNC_FRAMES, mel_windows
 from lipsync.models.stabilized_sync.wav2vec2 import wave_windows
-from lipsync.train.config import ConfigError
 from lipsync.train.data.format import ClipMeta, PreparedClip, read_clip
 from lipsync.train.sampling import crops_to_images
 from lipsync.train.unet_data import read_meta
@@ -194,29 +192,3 @@ class StabilizedClips:
             tuple(s.start for s in samples),
             torch.stack(waves) if waves else None,
         )
-
-
-class StabilizedStream(IterableDataset[StabilizedBatch]):
-    """Endless random training batches (DataLoader(batch_size=None)); each process and worker draws from
-    its own generator: seed, rank, worker id."""
-
-    def __init__(self, clips: StabilizedClips, batch_size: int, seed: int, rank: int = 0) -> None:
-        super().__init__()
-        if not len(clips):
-            raise ConfigError(
-                f"no training clip has {MIN_CLIP_FRAMES} frames or more",
-                "prepare longer clips (data.min_clip_frames does not apply here)",
-            )
-        self.clips, self.batch_size, self.seed, self.rank = clips, batch_size, seed, rank
-
-    def __iter__(self) -> Iterator[StabilizedBatch]:
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, self.rank, info.id if info else 0])
-        while True:
-            yield self.clips.batch([self.clips.draw(rng) for _ in range(self.batch_size)])
-
-
-def fixed_batch(clips: StabilizedClips, count: int, seed: int) -> StabilizedBatch:
-    """The same `count` samples on every call: the validation batch."""
-    rng = np.random.default_rng(seed)
-    return clips.batch([clips.draw(rng) for _ in range(count)])

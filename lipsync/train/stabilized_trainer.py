@@ -45,6 +45,7 @@ from lipsync.models.stabilized_sync.wav2vec2 import Wav2Vec2AudioEncoder, load_p
 from lipsync.models.stabilized_sync.weights import FamilyConfig
 from lipsync.train import run_files
 from lipsync.train.config import ConfigError, StabilizedTrainConfig, flat_hparams, to_dict
+from lipsync.train.random_batches import RandomBatches, fixed_batch
 from lipsync.train.stabilized_avsync import load_avsyncnet
 from lipsync.train.stabilized_config import (
     needs_sync_expert,
@@ -52,7 +53,7 @@ from lipsync.train.stabilized_config import (
     uses_avsyncnet,
     validate_stabilized_config,
 )
-from lipsync.train.stabilized_data import StabilizedBatch, StabilizedClips, StabilizedStream, fixed_batch
+from lipsync.train.stabilized_data import MIN_CLIP_FRAMES, StabilizedBatch, StabilizedClips
 from lipsync.train.stabilized_export import TRAINED_BY, export_stabilized
 from lipsync.train.stabilized_losses import GeneratorLosses, SyncExpert
 from lipsync.train.syncnet_data import identity_collate
@@ -130,11 +131,13 @@ class StabilizedTrainer:
             self.audio = audio.to(self.device).eval()
         self.step = self._resume()
         self.start_step = self.step
-        stream = StabilizedStream(
+        stream = RandomBatches(
             self.train_clips,
             config.batch_size,
             config.seed * 1_000_003 + self.step,
             self.accelerator.process_index,
+            MIN_CLIP_FRAMES,
+            "prepare longer clips (data.min_clip_frames does not apply here)",
         )
         self.loader: DataLoader[Any] = DataLoader(
             stream,

@@ -25,9 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import ProjectConfiguration, set_seed
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -72,15 +70,7 @@ class RendererTrainer:
         self.weights = validate_renderer_config(config)
         self.config = config
         self.progress = progress
-        out = Path(config.output_dir)
-        self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(
-                project_dir=str(out), logging_dir=str(out / run_files.LOGS_DIR)
-            ),
-        )
-        set_seed(config.seed, device_specific=True)
+        self.accelerator = run_files.make_accelerator(config.output_dir, config.mixed_precision, config.seed)
         self.device = self.accelerator.device
         self.render = render_config(config)
         self.family, self.transformer_source = self._family()

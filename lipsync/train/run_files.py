@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -30,6 +31,22 @@ LOGS_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
 
 T = TypeVar("T")
+
+
+def make_accelerator(
+    output_dir: Path, mixed_precision: str, seed: int, gradient_accumulation_steps: int = 1
+) -> Accelerator:
+    """The Accelerator of a run writing under `output_dir` (TensorBoard logs in logs/), with every
+    process's random generators seeded from `seed`."""
+    out = Path(output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS_DIR)),
+    )
+    set_seed(seed, device_specific=True)
+    return accelerator
 
 
 def checkpoints_dir(output_dir: Path) -> Path:

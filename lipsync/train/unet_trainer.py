@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -108,15 +106,9 @@ class UNetTrainer:
         self.config = config
         self.progress = progress
         out = Path(config.output_dir)
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.grad_accum,
-            mixed_precision=config.mixed_precision,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(
-                project_dir=str(out), logging_dir=str(out / run_files.LOGS_DIR)
-            ),
+        self.accelerator = run_files.make_accelerator(
+            out, config.mixed_precision, config.seed, gradient_accumulation_steps=config.grad_accum
         )
-        set_seed(config.seed, device_specific=True)
         self.device = self.accelerator.device
         layout = WeightsLayout(Path(config.weights), EXPORT_VERSION)
         self.vae = load_vae(layout, self.device, torch.float32)

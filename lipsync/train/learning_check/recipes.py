@@ -71,7 +71,16 @@ class SyncNetStage(Stage):
         }
 
 
-class StabilizedStage(Stage):
+class ExportStage(Stage):
+    """A generator trainer's stage: its output is the run's export, a weights folder."""
+
+    def output(self, folder: Path) -> Path:
+        from lipsync.train.run_files import EXPORT_DIR
+
+        return folder / EXPORT_DIR
+
+
+class StabilizedStage(ExportStage):
     """`lipsync train stabilized`: G_S (stage silent) or G_L (stage talking); its output is the export."""
 
     def __init__(self, name: str, stage: str, avsyncnet: str, silent: str | None, about: str) -> None:
@@ -100,11 +109,6 @@ class StabilizedStage(Stage):
         validate_stabilized_config(config)
         return config
 
-    def output(self, folder: Path) -> Path:
-        from lipsync.train.run_files import EXPORT_DIR
-
-        return folder / EXPORT_DIR
-
     def train(self, config: Any, progress: bool) -> dict[str, Any]:
         from lipsync.train.stabilized_trainer import train_stabilized
 
@@ -120,7 +124,7 @@ class StabilizedStage(Stage):
         }
 
 
-class LandmarksStage(Stage):
+class LandmarksStage(ExportStage):
     """`lipsync train landmarks`: the landmark-prior family's audio-to-landmark transformer; its output is
     the export (a weights folder whose M_a and M_r are scaffolds)."""
 
@@ -142,11 +146,6 @@ class LandmarksStage(Stage):
         validate_landmark_config(config)
         return config
 
-    def output(self, folder: Path) -> Path:
-        from lipsync.train.run_files import EXPORT_DIR
-
-        return folder / EXPORT_DIR
-
     def train(self, config: Any, progress: bool) -> dict[str, Any]:
         from lipsync.train.landmark_trainer import PIXELS, train_landmarks
 
@@ -161,7 +160,7 @@ class LandmarksStage(Stage):
         }
 
 
-class RendererStage(Stage):
+class RendererStage(ExportStage):
     """`lipsync train renderer`, stage joint: M_a and M_r, exported with the transformer of the stage
     `transformer`; its output is that export, the folder that dubs."""
 
@@ -189,11 +188,6 @@ class RendererStage(Stage):
 
         validate_renderer_config(config)
         return config
-
-    def output(self, folder: Path) -> Path:
-        from lipsync.train.run_files import EXPORT_DIR
-
-        return folder / EXPORT_DIR
 
     def train(self, config: Any, progress: bool) -> dict[str, Any]:
         from lipsync.train.renderer_trainer import train_renderer

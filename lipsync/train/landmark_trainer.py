@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 
 from lipsync.models.landmark_prior.landmark_transformer import LandmarkTransformer
@@ -195,7 +194,4 @@ def train_landmarks(config: LandmarkTrainConfig, progress: bool = True) -> Landm
     try:
         return LandmarkTrainer(config, progress).run()
     finally:
-        # accelerate keeps its settings process-wide; forget them so a later run in this process may
-        # choose another mixed precision (as the other trainers do).
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
+        run_files.forget_accelerate_state()

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -328,7 +327,4 @@ def train_renderer(config: RendererTrainConfig, progress: bool = True) -> Render
     try:
         return RendererTrainer(config, progress).run()
     finally:
-        # accelerate keeps its settings process-wide; forget them so a later run in this process may
-        # choose another mixed precision (as the other trainers do).
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
+        run_files.forget_accelerate_state()

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -47,6 +48,13 @@ def make_accelerator(
     )
     set_seed(seed, device_specific=True)
     return accelerator
+
+
+def forget_accelerate_state() -> None:
+    """accelerate keeps its settings process-wide; forget them (not the distributed setup) so a later run
+    in this process (tests, notebooks, the learning check) may choose another mixed precision."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def checkpoints_dir(output_dir: Path) -> Path:

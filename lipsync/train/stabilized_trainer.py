@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -358,7 +357,4 @@ def train_stabilized(config: StabilizedTrainConfig, progress: bool = True) -> St
     try:
         return StabilizedTrainer(config, progress).run()
     finally:
-        # accelerate keeps its settings process-wide; forget them so a later run in this process may
-        # choose another mixed precision (as the SyncNet trainer does).
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
+        run_files.forget_accelerate_state()

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -234,10 +233,7 @@ def train_syncnet(config: SyncNetTrainConfig, progress: bool = True) -> SyncNetT
     try:
         return _train(config, spec, accelerator, progress)
     finally:
-        # accelerate keeps its settings process-wide; forget them (not the distributed setup) so a later
-        # run in this process (tests, notebooks) may choose another mixed precision.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
+        run_files.forget_accelerate_state()
 
 
 def _train(

@@ -398,6 +398,7 @@ class RendererTrainConfig:
     output_dir: Path = Path("runs/renderer")
     face_size: int = 128  # paper §4.1 (256: our larger configuration)
     tiny: bool = False  # narrow networks (RenderConfig.tiny): tests only
+    width_divisor: int = 1  # >1 divides every width of M_a, M_r and D (RenderConfig.narrowed): short CPU runs
     alignment_weights: Path | None = None  # stage rendering: a landmark-prior folder whose M_a is frozen
     landmark_transformer: Path | None = None  # a landmark-prior weights folder whose transformer the export
     # takes (`lipsync train landmarks`); None: the export holds an untrained one and is marked untrained

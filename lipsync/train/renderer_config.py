@@ -22,6 +22,7 @@ POSITIVE_FIELDS = (
     "validation_samples",
     "log_every",
 )
+WIDTH_DIVISORS = (1, 2, 4, 8, 16)  # RenderConfig.narrowed keeps PixelShuffle's channels whole for these
 WEIGHT_FIELDS = ("warp", "reconstruction", "style", "gan", "feature_matching")
 
 
@@ -32,8 +33,11 @@ def loss_weights(config: RendererTrainConfig) -> LossWeights:
 
 
 def render_config(config: RendererTrainConfig) -> RenderConfig:
-    """The widths at the face size (tiny for tests) with the config's ablation switches."""
-    base = RenderConfig.tiny(config.face_size) if config.tiny else RenderConfig.for_size(config.face_size)
+    """The widths at the face size (narrowed by width_divisor; tiny for tests) with the ablation switches."""
+    if config.tiny:
+        base = RenderConfig.tiny(config.face_size)
+    else:
+        base = RenderConfig.narrowed(config.face_size, config.width_divisor)
     return replace(
         base,
         without_alignment=config.without_alignment,
@@ -49,6 +53,16 @@ def validate_renderer_config(config: RendererTrainConfig) -> LossWeights:
     for name in POSITIVE_FIELDS:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} is {getattr(config, name)}", f"give {name} >= 1")
+    if config.width_divisor not in WIDTH_DIVISORS:
+        raise ConfigError(
+            f"width_divisor is {config.width_divisor}",
+            f"use one of {WIDTH_DIVISORS} (1: the full widths; the others divide every width by it)",
+        )
+    if config.tiny and config.width_divisor != 1:
+        raise ConfigError(
+            f"tiny is set with width_divisor {config.width_divisor}",
+            "tiny has its own widths: drop width_divisor, or drop tiny",
+        )
     if config.warmup_steps < 0:
         raise ConfigError(f"warmup_steps is {config.warmup_steps}", "give 0 (no warm-up) or more")
     if config.max_seconds is not None and config.max_seconds <= 0:

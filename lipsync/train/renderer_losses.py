@@ -46,8 +46,8 @@ def vgg_losses(config: RendererTrainConfig) -> VGGLosses:
 
 
 def discriminator(config: RendererTrainConfig) -> MultiscaleDiscriminator:
-    """pix2pixHD's two-scale PatchGAN (the family's), narrowed for tiny configs."""
-    divisor = TINY_DISCRIMINATOR_DIVISOR if config.tiny else 1
+    """pix2pixHD's two-scale PatchGAN (the family's), narrowed like M_a and M_r (tiny: every width / 16)."""
+    divisor = TINY_DISCRIMINATOR_DIVISOR if config.tiny else config.width_divisor
     return MultiscaleDiscriminator(widths=tuple(max(1, w // divisor) for w in DISCRIMINATOR_WIDTHS))
 
 

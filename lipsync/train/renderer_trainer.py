@@ -157,7 +157,8 @@ class RendererTrainer:
             raise ConfigError(
                 f"alignment_weights {folder} holds an M_a of {models.config.render}, "
                 f"this run trains {self.render}",
-                "set face_size / tiny / the ablation switches to that run's, or train M_a with them",
+                "set face_size / tiny / width_divisor / the ablation switches to that run's, "
+                "or train M_a with them",
             )
         return models.alignment
 
@@ -195,6 +196,7 @@ class RendererTrainer:
             "stage": config.stage,
             "steps": self.step,
             "face_size": config.face_size,
+            "width_divisor": config.width_divisor,
             "landmark_transformer": str(source) if source else None,
             "alignment_weights": str(config.alignment_weights) if config.alignment_weights else None,
             "ablation": {
@@ -206,7 +208,7 @@ class RendererTrainer:
             "loss_weights": to_dict(self.weights),
             "vgg19": str(config.loss.vgg19_weights) if config.loss.vgg19_weights else "untrained",
         }
-        size: Literal["full", "tiny"] = "tiny" if config.tiny else "full"
+        size: Literal["full", "tiny"] = "tiny" if config.tiny or config.width_divisor > 1 else "full"
         out = Path(config.output_dir) / run_files.EXPORT_DIR
         return export_renderer(out, self.family, alignment, renderer, transformer, size, untrained, info)
 

@@ -4,8 +4,8 @@ The paper gives no widths. Ours are IP_LAP's renderer's: full-resolution feature
 resolution features 256, SPADE hidden width 256, weight head 32; the audio map 256 channels (IP_LAP's
 mel encoder before its last two blocks). Our choices where IP_LAP has no counterpart: 2 residual blocks per
 fusion module, query/key width 32 in the cross-attention (a self-attention GAN's C/8). 256 px keeps the
-widths: every layer is convolutional, so only the maps grow (4× the work). `tiny` narrows everything for
-tests.
+widths: every layer is convolutional, so only the maps grow (4× the work). `narrowed` divides every width
+by one factor (short training runs on a CPU); `tiny` narrows everything further, for tests.
 
 Three switches, all off by default, remove a part for the paper's ablations (Table 1; training README
 section "Training: alignment and rendering"): `without_alignment` (M_a keeps only E_m: the decoder's guides
@@ -62,6 +62,24 @@ class RenderConfig:
         if face_size not in FACE_SIZES:
             raise ValueError(f"no {face_size} px configuration; sizes: {FACE_SIZES}")
         return cls(face_size=face_size)
+
+    @classmethod
+    def narrowed(cls, face_size: int, divisor: int) -> RenderConfig:
+        """Every width of `for_size` divided by `divisor` (a power of two up to 16 keeps PixelShuffle's
+        channel count whole); the audio map's too."""
+        full = cls.for_size(face_size)
+        if divisor < 1 or HALF_CHANNELS % (divisor * PIXEL_SHUFFLE**2):
+            raise ValueError(f"width divisor {divisor}: use 1, 2, 4, 8 or 16")
+        return cls(
+            face_size=face_size,
+            full_channels=max(1, full.full_channels // divisor),
+            half_channels=full.half_channels // divisor,
+            spade_hidden=max(1, full.spade_hidden // divisor),
+            weight_hidden=max(1, full.weight_hidden // divisor),
+            fusion_blocks=full.fusion_blocks,
+            attention_channels=max(1, full.attention_channels // divisor),
+            audio_width_divisor=divisor,
+        )
 
     @classmethod
     def tiny(cls, face_size: int = FACE_SIZE) -> RenderConfig:

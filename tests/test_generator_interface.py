@@ -33,16 +33,23 @@ from conftest import media, write_clip, write_wav
 from toy_family import ToyGenerator
 
 # SHA-256 over the raw RGB bytes of every output frame, made by the code before MuseTalk moved behind the
-# generator interface (tiny scaffolded weights, seed 0, fp32 on the CPU, talk_c.mp4 + speech_44k_stereo.wav).
-# Recorded on this project's CI machine class (torch CPU capability AVX2); float kernels of another CPU
-# class may round differently, so there the digests would have to be recorded again from that commit.
+# generator interface (tiny scaffolded weights, seed 0, fp32 on the CPU, 2 threads, talk_c.mp4 +
+# speech_44k_stereo.wav), per torch CPU capability: float kernels of another CPU class round differently.
+# Both were recorded by running that commit's pipelines with these inputs on a machine of the class.
 BEFORE = {
-    "dub, 40 frames": "1ae735be9dafedb3f19eb2a3042dc0dc957f4c1c5f8074943a7aa9428eb8df76",
-    "avatar speak, segment features": "29a640c93a656a2e7c4e8a7dc294de5cc7278a42eb0724066652132371d2f8e9",
-    "avatar speak, sliding features": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
-    "stream, 40 random chunks": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
+    "AVX2": {
+        "dub, 40 frames": "1ae735be9dafedb3f19eb2a3042dc0dc957f4c1c5f8074943a7aa9428eb8df76",
+        "avatar speak, segment features": "29a640c93a656a2e7c4e8a7dc294de5cc7278a42eb0724066652132371d2f8e9",
+        "avatar speak, sliding features": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
+        "stream, 40 random chunks": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
+    },
+    "AVX512": {
+        "dub, 40 frames": "dbc4bc9def23fce5cad14289abc7eba1d3d00b6e26c66665065afc1ee8b7a50e",
+        "avatar speak, segment features": "665f58376cf75e94e4255eb81d4eab841124685bc464696bcc53e8dcf2c077a0",
+        "avatar speak, sliding features": "b32e928bd31b2516518d5d0e8b2488150e4ae635e8ddd4f586ce23b0aba85ca3",
+        "stream, 40 random chunks": "b32e928bd31b2516518d5d0e8b2488150e4ae635e8ddd4f586ce23b0aba85ca3",
+    },
 }
-RECORDED_ON = "AVX2"
 SPEECH_SAMPLES = 2 * AUDIO_SAMPLE_RATE + 5003  # 2.3 s: 57 frames, the last slot not full
 
 
@@ -92,7 +99,11 @@ def test_musetalk_frames_equal_those_made_before_the_interface(
         "stream, 40 random chunks": digest(streamed),
     }
     assert len(streamed) == 57
-    assert now == BEFORE, f"frames changed (recorded on {RECORDED_ON}, this CPU is {capability})"
+    assert capability in BEFORE, (
+        f"no digests recorded for CPU capability {capability} (recorded: {', '.join(BEFORE)}): run the "
+        "commit before the generator interface with these inputs on this CPU and add its digests"
+    )
+    assert now == BEFORE[capability], f"frames changed (this CPU is {capability})"
 
 
 def test_avatars_prepared_before_the_interface_still_load_and_stay_fresh(

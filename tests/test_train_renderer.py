@@ -247,6 +247,8 @@ def test_the_ablation_configs_differ_from_the_full_one_by_their_switch() -> None
         ("stage: alignment\nwithout_alignment: true\n", "without_alignment"),
         ("warmup_steps: 2\nwithout_alignment: true\n", "warmup_steps"),
         ("face_size: 96\n", "face_size"),
+        ("width_divisor: 3\n", "width_divisor"),
+        ("tiny: true\nwidth_divisor: 2\n", "tiny"),
         ("references: 0\n", "references"),
         ("loss:\n  style: -1\n", r"loss\.style"),
         ("loss:\n  l2: 1.0\n", r"loss\.l2"),

@@ -21,6 +21,7 @@ from lipsync.io.audio import Audio, load_audio
 from lipsync.io.video import FrameReader, ping_pong_index, probe_video
 from lipsync.io.writer import VideoWriter
 from lipsync.models.families import families_in, load_generator
+from lipsync.models.generator import GenerationRequest
 from lipsync.models.landmark_prior import check, scaffold
 from lipsync.models.landmark_prior.generator import (
     FACE,
@@ -28,6 +29,7 @@ from lipsync.models.landmark_prior.generator import (
     REFERENCE_LANDMARKS,
     TRACK_LANDMARKS,
     LandmarkPriorGenerator,
+    LandmarkPriorStage,
 )
 from lipsync.models.landmark_prior.mel_windows import SequenceMelWindows
 from lipsync.models.landmark_prior.references import neighbour_frames, reference_features, spread_frames
@@ -290,6 +292,42 @@ def test_frames_without_a_face_are_passed_through(generator: LandmarkPriorGenera
     assert len(frames) == 6
     for index in blank:
         assert frames[index].image.max() == 0, f"frame {index} without a face was changed"
+
+
+def _request(avatar: Avatar, rows: int = 2) -> GenerationRequest:
+    mels = SequenceMelWindows.offline(speech().samples, avatar.fps).windows(list(range(rows)))
+    sources = [s for s in range(avatar.frame_count) if avatar.has_face(s)][:rows]
+    prepared = {FACE: avatar.frame_arrays[FACE][sources]}
+    return GenerationRequest(prepared, dict(avatar.references), mels, sources)
+
+
+def test_the_reference_set_is_encoded_once_and_kept_by_its_content(
+    generator: LandmarkPriorGenerator, weights: Path, avatar: Avatar
+) -> None:
+    cache = generator.reference_cache
+    cache.clear()
+    misses = cache.misses
+    request = _request(avatar)
+    first = generator.generate(request, StageTimes())
+    assert len(cache) == 1 and cache.misses == misses + 1
+    times = StageTimes()
+    assert np.array_equal(generator.generate(request, times), first)
+    assert cache.misses == misses + 1, "the same references were encoded again"
+    assert LandmarkPriorStage.REFERENCES in times.seconds
+
+    other = dict(request.references)
+    other[REFERENCE_FACES] = other[REFERENCE_FACES][::-1].copy()  # other faces first: another set
+    generator.generate(dataclasses.replace(request, references=other), StageTimes())
+    assert len(cache) == 2 and cache.misses == misses + 2
+
+    keeps_nothing = LandmarkPriorGenerator(generator.models, weights, reference_cache_bytes=0)
+    assert np.array_equal(keeps_nothing.generate(request, StageTimes()), first)
+    assert len(keeps_nothing.reference_cache) == 0
+
+    generator.warm_up(2)
+    assert len(cache) == 0, "the warm-up's blank references were kept"
+    with StreamSession(generator, avatar, StreamSettings(batch_size=4)):
+        assert len(cache) == 1, "a session did not encode its avatar's references when it opened"
 
 
 def test_an_avatar_speaks_like_dub_and_a_stream_like_both(

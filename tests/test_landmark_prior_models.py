@@ -6,6 +6,7 @@ Expected numbers are literals or hand arithmetic, not a second call of the code 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ import torch
 from lipsync.face.landmarks import IBUG68_FROM_MESH
 from lipsync.models.landmark_prior import FAMILY
 from lipsync.models.landmark_prior.alignment import AlignmentModel, normalise_weights, resize_flow, warp
+from lipsync.models.landmark_prior.blocks import SpadeNorm
 from lipsync.models.landmark_prior.config import RenderConfig
 from lipsync.models.landmark_prior.landmark_sets import (
     CONTENT_POINTS,
@@ -283,6 +285,58 @@ def test_configurations() -> None:
     assert RenderConfig.for_size(128).upsampled_channels == 64
     with pytest.raises(ValueError):
         RenderConfig.for_size(96)
+
+
+def test_narrowed_widths_divide_the_full_ones() -> None:
+    narrow = RenderConfig.narrowed(128, 8)
+    assert (narrow.full_channels, narrow.half_channels, narrow.spade_hidden) == (4, 32, 32)
+    assert (narrow.weight_hidden, narrow.attention_channels, narrow.audio_width_divisor) == (4, 4, 8)
+    assert narrow.fusion_blocks == RenderConfig().fusion_blocks and narrow.upsampled_channels == 8
+    assert RenderConfig.narrowed(256, 1) == RenderConfig.for_size(256)
+    with pytest.raises(ValueError, match="width divisor 3"):
+        RenderConfig.narrowed(128, 3)
+    full = parameters(RenderingModel(RenderConfig()))
+    assert parameters(RenderingModel(narrow)) < full / 32  # convolutions shrink with the square of width
+
+
+def test_one_spade_map_modulates_its_run_of_rows_as_if_repeated() -> None:
+    torch.manual_seed(0)
+    norm = SpadeNorm(channels=4, modulation_channels=3, hidden=5)
+    x, maps = torch.randn(6, 4, 8, 8), torch.rand(2, 3, 16, 16)  # 2 frames × 3 references
+    with torch.no_grad():
+        shared = norm(x, maps)
+        repeated = norm(x, maps.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-6)
+    assert not torch.allclose(shared[0], shared[3])  # the second frame's map, not the first's
+    with pytest.raises(ValueError, match="5 feature rows cannot share 2 modulation maps"):
+        norm(x[:5], maps)
+
+
+def test_encoded_references_give_what_the_models_compute_themselves() -> None:
+    """A generator encodes its reference set once (E_r, the lip encoder) and passes the encodings in."""
+    torch.manual_seed(0)
+    config = RenderConfig.tiny(128)
+    alignment, renderer = AlignmentModel(config), RenderingModel(config)
+    x = _frame(128, 3)
+    lips = torch.rand(1, 2, 3, 128, 128)
+    lip_sketches = torch.rand(1, 2, 3, 128, 128)
+    mel = torch.randn(1, 1, 80, 16)
+    with torch.no_grad():
+        inputs = (x["masked"], x["sketches"], x["references"], x["reference_sketches"])
+        direct = alignment(*inputs)
+        features = alignment.encode_references(x["references"][0], x["reference_sketches"][0])
+        assert features.full.shape == (3, config.full_channels, 128, 128)
+        assert features.half.shape == (3, config.half_channels, 64, 64)
+        given = alignment(*inputs, type(features)(features.full[None], features.half[None]))
+        torch.testing.assert_close(given.image, direct.image, rtol=0, atol=1e-6)
+        torch.testing.assert_close(given.guide_half, direct.guide_half, rtol=0, atol=1e-6)
+        lip_features = renderer.encode_lips(lips, lip_sketches)
+        assert lip_features is not None and lip_features.shape == (1, 2, config.half_channels, 64, 64)
+        drawn = renderer(x["masked"], x["sketches"], lips, lip_sketches, mel, direct)
+        drawn_given = renderer(x["masked"], x["sketches"], lips, lip_sketches, mel, direct, lip_features)
+        torch.testing.assert_close(drawn_given, drawn, rtol=0, atol=1e-6)
+    no_lips = dataclasses.replace(RenderConfig.tiny(128), without_lip_module=True)
+    assert RenderingModel(no_lips).encode_lips(lips, lips) is None
 
 
 def test_cross_attention_by_hand() -> None:

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from lipsync.models.batch_norm_folding import fold_batch_norms
+from lipsync.models.encoder_cache import EncoderCache, entry_bytes, frame_key
 from lipsync.models.generator import GenerationRequest
 from lipsync.models.stabilized_sync import scaffold
-from lipsync.models.stabilized_sync.encoder_cache import EncoderCache, entry_bytes, frame_key
 from lipsync.models.stabilized_sync.generator import FACE, IDENTITY, StabilizedSyncGenerator
 from lipsync.models.stabilized_sync.generator_net import GeneratorConfig, TalkingFaceGenerator
 from lipsync.models.stabilized_sync.mel import silent_mel_window
@@ -117,7 +117,7 @@ def test_faces_from_kept_features_equal_faces_computed_afresh(generator: Stabili
     fresh = faces([0, 1, 2, 3])
     generator.encoder_cache.clear()
     faces([2])  # a lone miss, then a batch mixing kept and new frames
-    generator.prime({FACE: crops, IDENTITY: identity}, [0, 4])
+    generator.prime({FACE: crops, IDENTITY: identity}, [0, 4], {})
     assert len(generator.encoder_cache) == 3
     misses = generator.encoder_cache.misses
     mixed = faces([0, 1, 2, 3])

@@ -199,9 +199,15 @@ class Generator(ABC):
     def generate(self, request: GenerationRequest, times: StageTimes) -> np.ndarray:
         """(A, face_size, face_size, 3) uint8 RGB faces, one per row of the request."""
 
-    def prime(self, frame_arrays: Mapping[str, np.ndarray], sources: Sequence[int]) -> None:  # noqa: B027
-        """A live session opens on an avatar whose `frame_arrays` are these: work per source frame that
-        does not depend on speech may be done now, for frames `sources`, and kept. Default: nothing."""
+    def prime(  # noqa: B027 - optional hook: most families need none
+        self,
+        frame_arrays: Mapping[str, np.ndarray],
+        sources: Sequence[int],
+        references: Mapping[str, np.ndarray],
+    ) -> None:
+        """A live session opens on an avatar whose `frame_arrays` and `references` are these: work that
+        does not depend on speech (per source frame, for frames `sources`, or per reference set) may be
+        done now, and kept. Default: nothing."""
 
     def warm_up(self, batch_size: int) -> None:  # noqa: B027 - optional hook: most families need none
         """Run every network once on a full batch, so first-call costs stay out of timings."""

@@ -111,7 +111,8 @@ class StreamSession:
         self.fps = avatar.fps
         self.width, self.height = avatar.info.width, avatar.info.height
         self.times = generator_times(generator)
-        generator.prime(avatar.frame_arrays, [s for s in range(avatar.frame_count) if avatar.has_face(s)])
+        sources = [s for s in range(avatar.frame_count) if avatar.has_face(s)]
+        generator.prime(avatar.frame_arrays, sources, avatar.references)
         self._encode_image = encode_image
         self._commands: queue.Queue[_Audio | _Control] = queue.Queue()
         depth = self.settings.stage_queue_batches

@@ -78,6 +78,14 @@ def normalise_weights(weights: Tensor) -> Tensor:
 
 
 @dataclass
+class ReferenceFeatures:
+    """E_r's features of (B, N) references: full (B, N, c1, S, S), half (B, N, c2, S/2, S/2)."""
+
+    full: Tensor
+    half: Tensor
+
+
+@dataclass
 class Alignment:
     """What M_a hands the renderer and the warp loss. S = face size, N = references."""
 
@@ -121,20 +129,36 @@ class AlignmentModel(nn.Module):
             nn.Sigmoid(),
         )
 
+    def encode_references(self, references: Tensor, reference_sketches: Tensor) -> ReferenceFeatures:
+        """E_r on (..., 3, S, S) reference images and their sketches → features with the same leading
+        dimensions. It reads nothing of the target, so a generator encodes its reference set once."""
+        lead = references.shape[:-3]
+        full, half = self.reference_encoder(
+            torch.cat([references.flatten(0, -4), reference_sketches.flatten(0, -4)], dim=1)
+        )
+        return ReferenceFeatures(full.unflatten(0, lead), half.unflatten(0, lead))
+
     def forward(
-        self, masked: Tensor, target_sketches: Tensor, references: Tensor, reference_sketches: Tensor
+        self,
+        masked: Tensor,
+        target_sketches: Tensor,
+        references: Tensor,
+        reference_sketches: Tensor,
+        features: ReferenceFeatures | None = None,
     ) -> Alignment:
+        """`features`: `encode_references` of (references, reference_sketches), when already computed."""
         batch, count = references.shape[:2]
         masked_full, masked_half = self.masked_encoder(masked)
         if self.config.without_alignment:
             return _unaligned(masked, masked_full, masked_half, count)
         refs = references.flatten(0, 1)
-        ref_full, ref_half = self.reference_encoder(torch.cat([refs, reference_sketches.flatten(0, 1)], 1))
-        sketches = target_sketches.repeat_interleave(count, dim=0)
+        if features is None:
+            features = self.encode_references(references, reference_sketches)
+        ref_full, ref_half = features.full.flatten(0, 1), features.half.flatten(0, 1)
         x = self.fusion(torch.cat([ref_half, masked_half.repeat_interleave(count, dim=0)], dim=1))
         for block in self.half_spade:
-            x = block(x, sketches)
-        x = self.full_spade(self.upsample(x), sketches)
+            x = block(x, target_sketches)  # one map for the frame's N rows
+        x = self.full_spade(self.upsample(x), target_sketches)
         flow = self.flow_head(x)
         weights = normalise_weights(self.weight_head(x).unflatten(0, (batch, count)))
         half = ref_half.shape[-1]

@@ -2,7 +2,9 @@
 
 Per source frame, once (avatars store it): the face crop. Per video, once: every frame's 68 landmarks
 normalised to its crop (`track_references`), and the reference frames (`reference_frames`, the rule in
-`references`) with their crops and landmarks. Per output frame t with source frame s: the landmark
+`references`) with their crops and landmarks; their encodings by M_a's E_r and M_r's lip encoder read
+nothing of the target, so the generator computes them once per reference set and keeps them (a content-
+keyed cache; a live session computes them when it opens). Per output frame t with source frame s: the landmark
 transformer reads the mel windows of t − 2 … t + 2, the pose landmarks of s − 2 … s + 2 and the first
 N_l references' landmarks, and predicts the lower jaw and lips of all five frames; their sketches, the
 occluded crop and the first N references go through M_a; M_r draws the face from them, the first 5
@@ -11,8 +13,11 @@ references as lip references and frame t's mel window. The pipeline pastes it ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import Enum
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,9 @@ from lipsync.config import AudioFeatureMode, FaceSettings, StreamSettings
 from lipsync.errors import InputError
 from lipsync.face.crop import CropBox
 from lipsync.face.track import FaceTrack
+from lipsync.models.encoder_cache import EncoderCache, frame_key
 from lipsync.models.generator import ArraySpec, FaceBatch, GenerationRequest, Generator, GeneratorInfo
+from lipsync.models.landmark_prior.alignment import ReferenceFeatures
 from lipsync.models.landmark_prior.landmark_sets import (
     CONTENT_POINTS,
     COORDINATES,
@@ -47,10 +54,12 @@ REFERENCE_FACES = "reference_faces"  # reference array: (R, S, S, 3) uint8, in `
 REFERENCE_LANDMARKS = "reference_landmarks"  # reference array: (R, 2, 68) float32, the same frames
 REFERENCE_ARRAYS = (TRACK_LANDMARKS, REFERENCE_FACES, REFERENCE_LANDMARKS)
 PIXEL_MAX = 255.0
+REFERENCE_CACHE_BYTES = 1024 * 2**20  # encoded reference sets kept: 178 MiB each at 128 px, N = 25, fp32
 PREPARE_AGAIN = "prepare the avatar again with these weights (lipsync avatar prepare VIDEO --name NAME)"
 
 
 class LandmarkPriorStage(str, Enum):
+    REFERENCES = "references"  # the reference set's tensors, sketches and encodings (kept after the first)
     LIP_LANDMARKS = "lip landmarks"
     SKETCHES = "sketches"
     ALIGNMENT = "alignment"
@@ -94,6 +103,18 @@ def crop_normalised_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarr
     return landmarks
 
 
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The N image references and L lip references as the networks read them, with their encodings."""
+
+    faces: Tensor  # (N, 3, S, S), the first N reference crops
+    sketches: Tensor  # (N, 3, S, S), their landmark sketches
+    lip_faces: Tensor  # (L, 3, S, S), the first L reference crops
+    lip_sketches: Tensor  # (L, 3, S, S), their lip sketches
+    features: ReferenceFeatures | None  # E_r of (faces, sketches), leading dimension 1 (None: w/o Ali)
+    lip_features: Tensor | None  # (1, L, c2, S/2, S/2), the lip encoder's (None: w/o Lip)
+
+
 class LandmarkPriorGenerator(Generator):
     """The landmark transformer, M_a and M_r, as one generator."""
 
@@ -101,13 +122,19 @@ class LandmarkPriorGenerator(Generator):
     face_size = 128  # set per instance from the weights' config
     generate_stages = tuple(LandmarkPriorStage)
 
-    def __init__(self, models: LandmarkPriorModels, weights: Path | None = None) -> None:
+    def __init__(
+        self,
+        models: LandmarkPriorModels,
+        weights: Path | None = None,
+        reference_cache_bytes: int = REFERENCE_CACHE_BYTES,
+    ) -> None:
         super().__init__(
             GeneratorInfo(FAMILY, DEFAULT_VERSION, weights, models.device, models.dtype, models.untrained)
         )
         self.models = models
         self.config = models.config
         self.face_size = models.config.face_size
+        self.reference_cache = EncoderCache(reference_cache_bytes)
 
     @classmethod
     def from_pretrained(cls, root: Path, device: torch.device, dtype: torch.dtype) -> LandmarkPriorGenerator:
@@ -153,6 +180,8 @@ class LandmarkPriorGenerator(Generator):
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, times: StageTimes) -> np.ndarray:
         references = _references(request.references)
+        with times.measure(LandmarkPriorStage.REFERENCES):
+            kept = self._reference_set(references)
         track = references[TRACK_LANDMARKS]
         has_face = ~np.isnan(track[:, 0, 0])
         windows = np.stack([track[neighbour_frames(s, has_face)] for s in request.sources])  # (A, 5, 2, 68)
@@ -160,32 +189,74 @@ class LandmarkPriorGenerator(Generator):
         with times.measure(LandmarkPriorStage.LIP_LANDMARKS):
             windows[..., CONTENT_POINTS] = self._predict(mels, windows, references[REFERENCE_LANDMARKS])
         with times.measure(LandmarkPriorStage.SKETCHES):
-            size, config = self.face_size, self.config
-            points = references[REFERENCE_LANDMARKS]
-            targets = self._tensor(np.stack([sketch_stack(list(frames), size) for frames in windows]))
-            sketches = self._tensor(np.stack([draw_sketch(p, size) for p in points[: config.references]]))
-            lip_points = points[: config.lip_references]
-            lips = self._tensor(np.stack([draw_sketch(p, size, LIP_EDGES) for p in lip_points]))
+            targets = self._tensor(
+                np.stack([sketch_stack(list(frames), self.face_size) for frames in windows])
+            )
         count = len(windows)
         with times.measure(LandmarkPriorStage.ALIGNMENT):
-            faces = to_tensor(references[REFERENCE_FACES], self.device, self.dtype)
             masked = occlude(to_tensor(request.prepared[FACE], self.device, self.dtype))
+            features = kept.features
             alignment = self.models.alignment(
                 masked,
                 targets,
-                _rows(faces[: config.references], count),
-                _rows(sketches, count),
+                _rows(kept.faces, count),
+                _rows(kept.sketches, count),
+                None
+                if features is None
+                else ReferenceFeatures(_rows1(features.full, count), _rows1(features.half, count)),
             )
         with times.measure(LandmarkPriorStage.RENDERER):
             out = self.models.renderer(
                 masked,
                 targets,
-                _rows(faces[: config.lip_references], count),
-                _rows(lips, count),
+                _rows(kept.lip_faces, count),
+                _rows(kept.lip_sketches, count),
                 mels[:, CENTRE],
                 alignment,
+                None if kept.lip_features is None else _rows1(kept.lip_features, count),
             )
             return to_images(out)
+
+    def prime(
+        self,
+        frame_arrays: Mapping[str, np.ndarray],
+        sources: Sequence[int],
+        references: Mapping[str, np.ndarray],
+    ) -> None:
+        """Encode the avatar's reference set now, so that a session's first frame does not pay for it."""
+        with torch.inference_mode():
+            self._reference_set(_references(references))
+
+    def _reference_set(self, references: Mapping[str, np.ndarray]) -> ReferenceSet:
+        """The first N and L references as tensors, with their encodings, kept by content."""
+        config, size = self.config, self.face_size
+        count, lip_count = config.references, config.lip_references
+        faces, points = references[REFERENCE_FACES], references[REFERENCE_LANDMARKS]
+        crops = to_tensor(faces, self.device, self.dtype)
+        image_sketches = self._tensor(np.stack([draw_sketch(p, size) for p in points[:count]]))
+        lip_sketches = self._tensor(np.stack([draw_sketch(p, size, LIP_EDGES) for p in points[:lip_count]]))
+        kept = ReferenceSet(crops[:count], image_sketches, crops[:lip_count], lip_sketches, None, None)
+        used = max(count, lip_count)
+        levels = self.reference_cache.encoded(
+            [frame_key(faces[:used], points[:used])], partial(self._encode, kept)
+        )
+        if not config.render.without_alignment:
+            full, half, *levels = levels
+            kept = replace(kept, features=ReferenceFeatures(full, half))
+        if not config.render.without_lip_module:
+            kept = replace(kept, lip_features=levels[0])
+        return kept
+
+    def _encode(self, kept: ReferenceSet, rows: list[int]) -> list[Tensor]:
+        """The reference set's encodings as cache levels (one row): E_r's two scales, then the lips'."""
+        levels: list[Tensor] = []
+        if not self.config.render.without_alignment:
+            features = self.models.alignment.encode_references(kept.faces, kept.sketches)
+            levels += [features.full, features.half]
+        lips = self.models.renderer.encode_lips(kept.lip_faces, kept.lip_sketches)
+        if lips is not None:
+            levels.append(lips)
+        return [level.unsqueeze(0) for level in levels]
 
     def _predict(self, mels: Tensor, windows: np.ndarray, reference_points: np.ndarray) -> np.ndarray:
         """(A, 5, 2, 31): lower jaw and lips of the five frames, from their mels and pose landmarks."""
@@ -210,6 +281,7 @@ class LandmarkPriorGenerator(Generator):
         mels = SequenceMelWindows.offline(np.zeros(16000, np.float32), Fraction(25)).windows([0] * batch_size)
         prepared = {FACE: crops[:1].repeat(batch_size, axis=0)}
         self.generate(GenerationRequest(prepared, references, mels, [0] * batch_size), StageTimes())
+        self.reference_cache.clear()  # the warm-up's blank references are no avatar's
 
 
 def _rows(tensor: Tensor, count: int) -> Tensor:
@@ -217,7 +289,12 @@ def _rows(tensor: Tensor, count: int) -> Tensor:
     return tensor.unsqueeze(0).expand(count, *tensor.shape)
 
 
-def _references(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _rows1(tensor: Tensor, count: int) -> Tensor:
+    """A (1, ...) tensor as (count, ...), without copying."""
+    return tensor.expand(count, *tensor.shape[1:])
+
+
+def _references(arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     missing = [name for name in REFERENCE_ARRAYS if name not in arrays]
     if missing:
         raise InputError(f"the {FAMILY} references lack {', '.join(missing)}", PREPARE_AGAIN)

@@ -79,10 +79,18 @@ class MultiReferenceLips(nn.Module):
         self.lip_encoder = TwoScaleEncoder(IMAGE_CHANNELS + SKETCH_CHANNELS, c1, c2)
         self.fusion = fusion(2 * c2, c2, config.fusion_blocks)
 
-    def forward(self, face: Tensor, lips: Tensor) -> Tensor:
+    def encode(self, lips: Tensor) -> Tensor:
+        """f^l of (..., 6, S, S) lip references with their sketches → (..., c2, S/2, S/2). It reads nothing
+        of the target, so a generator encodes its lip set once."""
+        _, lip_features = self.lip_encoder(lips.flatten(0, -4))
+        return lip_features.unflatten(0, lips.shape[:-3])
+
+    def forward(self, face: Tensor, lips: Tensor, lip_features: Tensor | None = None) -> Tensor:
+        """`lip_features`: `encode(lips)` when already computed."""
         batch, count = lips.shape[:2]
-        _, lip_features = self.lip_encoder(lips.flatten(0, 1))
-        fused = self.fusion(torch.cat([face.repeat_interleave(count, dim=0), lip_features], dim=1))
+        if lip_features is None:
+            lip_features = self.encode(lips)
+        fused = self.fusion(torch.cat([face.repeat_interleave(count, dim=0), lip_features.flatten(0, 1)], 1))
         return fused.unflatten(0, (batch, count)).mean(dim=1)
 
 
@@ -117,6 +125,12 @@ class RenderingModel(nn.Module):
             nn.Sigmoid(),
         )
 
+    def encode_lips(self, lip_references: Tensor, lip_sketches: Tensor) -> Tensor | None:
+        """The lip module's f^l of (B, N) lip references (None without the lip module)."""
+        if self.lips is None:
+            return None
+        return self.lips.encode(torch.cat([lip_references, lip_sketches], dim=-3))
+
     def forward(
         self,
         masked: Tensor,
@@ -125,9 +139,14 @@ class RenderingModel(nn.Module):
         lip_sketches: Tensor,
         mel: Tensor,
         alignment: Alignment,
+        lip_features: Tensor | None = None,
     ) -> Tensor:
+        """`lip_features`: `encode_lips(lip_references, lip_sketches)` when already computed."""
         _, face = self.face_encoder(torch.cat([masked, target_sketches], dim=1))
-        x = face if self.lips is None else self.lips(face, torch.cat([lip_references, lip_sketches], dim=2))
+        if self.lips is None:
+            x = face
+        else:
+            x = self.lips(face, torch.cat([lip_references, lip_sketches], dim=2), lip_features)
         if self.attention is not None and self.audio_encoder is not None:
             x = self.attention(x, self.audio_encoder(mel))
         x = self.upsample(self.half_spade(x, alignment.guide_half))

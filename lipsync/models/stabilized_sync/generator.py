@@ -22,6 +22,7 @@ from torch import Tensor
 from lipsync.config import AudioFeatureMode, FaceSettings, StreamSettings
 from lipsync.face.crop import CropBox
 from lipsync.models.device import image_memory_format
+from lipsync.models.encoder_cache import DEFAULT_BUDGET_BYTES, EncoderCache, frame_key
 from lipsync.models.generator import (
     ArraySpec,
     FaceBatch,
@@ -29,7 +30,6 @@ from lipsync.models.generator import (
     Generator,
     GeneratorInfo,
 )
-from lipsync.models.stabilized_sync.encoder_cache import DEFAULT_BUDGET_BYTES, EncoderCache, frame_key
 from lipsync.models.stabilized_sync.generator_net import pose_reference
 from lipsync.models.stabilized_sync.mel_stream import MelWindows
 from lipsync.models.stabilized_sync.networks import StabilizedSyncModels, load_models, silent_audio_input
@@ -186,7 +186,12 @@ class StabilizedSyncGenerator(Generator):
         return [level[:1] for level in encoded] if single else encoded
 
     @torch.inference_mode()
-    def prime(self, frame_arrays: Mapping[str, np.ndarray], sources: Sequence[int]) -> None:
+    def prime(
+        self,
+        frame_arrays: Mapping[str, np.ndarray],
+        sources: Sequence[int],
+        references: Mapping[str, np.ndarray],
+    ) -> None:
         """Encode G_L's references of the avatar's frames ahead, as far as the cache's budget allows, so
         a session's frames run the decoder only (the first session on an avatar opens that much later)."""
         identities, crops = frame_arrays[IDENTITY], frame_arrays[FACE]

@@ -1,11 +1,12 @@
-"""G_L's encoder features per source frame, kept between calls.
+"""Encoder outputs of reference images, kept between calls, keyed by the images' content.
 
-G_L's two encoders read only the identity and pose references, which belong to the source frame, not to
-the audio. A live avatar shows the same source frames again and again (its forward-backward cycle), so
-encoding each once and keeping the result leaves only the decoder per output frame: about a third of
-G_L's time at 96 px on two CPU cores. Entries are keyed by a digest of the two reference images, so the
-cache can never serve features of other pixels (another avatar, another video), and it is bounded by
-bytes, least recently used first out.
+Some generators encode images that do not depend on the audio: stabilized-sync's G_L encodes each source
+frame's identity and pose references, landmark-prior's M_a and M_r encode the video's reference faces and
+lips. A live avatar shows the same images again and again, and a dub shows the same reference set for every
+frame, so encoding each once and keeping the result leaves only the audio-dependent work per output frame.
+Entries are keyed by a digest of the images, so the cache can never serve features of other pixels
+(another avatar, another video), and it is bounded by bytes, least recently used first out. An entry is a
+list of tensors with a leading dimension of 1 (one row of the batch `encode` returns).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DEFAULT_BUDGET_BYTES = 384 * 2**20  # ~330 source frames at 96 px, ~200 at 128 px (fp32)
+DEFAULT_BUDGET_BYTES = 384 * 2**20  # G_L: ~330 source frames at 96 px, ~200 at 128 px (fp32)
 DIGEST_BYTES = 16
 
 
 def frame_key(*images: np.ndarray) -> bytes:
-    """A digest of one frame's reference images (uint8 arrays)."""
+    """A digest of the images (or any arrays) one entry is encoded from."""
     digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
     for image in images:
         digest.update(np.ascontiguousarray(image).data)
@@ -36,7 +37,7 @@ def entry_bytes(entry: list[Tensor]) -> int:
 
 
 class EncoderCache:
-    """Per-frame encoder outputs (lists of (1, C, H, W) tensors), at most `budget_bytes` of them."""
+    """Encoder outputs (lists of (1, ...) tensors, one list per key), at most `budget_bytes` of them."""
 
     def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self.budget_bytes = budget_bytes
@@ -50,8 +51,8 @@ class EncoderCache:
         return len(self._entries)
 
     def encoded(self, keys: list[bytes], encode: Callable[[list[int]], list[Tensor]]) -> list[Tensor]:
-        """The batch's encoder outputs, level by level, for frames `keys`; `encode(rows)` computes those
-        of the given rows of the batch (as one batch) for the frames not kept. Thread-safe: sessions
+        """The batch's encoder outputs, level by level, for `keys`; `encode(rows)` computes those of the
+        given rows of the batch (as one batch) for the keys not kept. Thread-safe: sessions
         sharing a generator may call it at once (the encoding itself runs outside the lock)."""
         with self._lock:
             kept = {key: self._entries[key] for key in keys if key in self._entries}
@@ -69,11 +70,13 @@ class EncoderCache:
             for key, entry in fresh.items():
                 self._keep(key, entry)
         entries = [kept[key] if key in kept else fresh[key] for key in keys]
+        if len(entries) == 1:
+            return list(entries[0])  # the kept tensors themselves (no copy): callers only read them
         return [torch.cat(level, dim=0) for level in zip(*entries, strict=True)]
 
     def fill(self, keys: list[bytes], encode: Callable[[list[int]], list[Tensor]]) -> bool:
-        """Encode and keep the frames of `keys` not kept yet, unless that would push out others (the
-        budget is full); returns whether every frame of `keys` is now kept."""
+        """Encode and keep the entries of `keys` not kept yet, unless that would push out others (the
+        budget is full); returns whether every entry of `keys` is now kept."""
         with self._lock:
             missing = [row for row, key in enumerate(keys) if key not in self._entries]
         if not missing:

@@ -4,6 +4,7 @@ against a mean mouth of the heads; the real- and predicted-landmark rows; a reru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,16 @@ import pytest
 import torch
 import yaml
 
+from lipsync.io.audio import load_audio
 from lipsync.io.video import FrameReader, probe_video
 from lipsync.models.landmark_prior.generator import LandmarkPriorGenerator
 from lipsync.models.landmark_prior.landmark_sets import CONTENT_POINTS
+from lipsync.models.landmark_prior.mel_windows import SequenceMelWindows
 from lipsync.train.data.format import list_clips
-from lipsync.train.landmark_inspect import video_inspection
+from lipsync.train.landmark_inspect import predict_content, video_inspection
 from lipsync.train.landmark_prior_clips import read_family_clip
 from lipsync.train.learning_check import run_learning_check
+from lipsync.train.learning_check.controls import shuffled_audio
 from lipsync.train.learning_check.landmarks import mean_content
 from lipsync.train.learning_check.recipes import LANDMARK_PRIOR
 from lipsync.train.learning_check.stages import dependents
@@ -127,7 +131,7 @@ def test_report_has_the_dubbed_rows_with_finite_values(check: dict[str, Any]) ->
 def test_landmark_table_against_the_heads_mean_mouth(check: dict[str, Any]) -> None:
     out = check["out"]
     table = json.loads((out / "report.json").read_text())["tables"][LANDMARK_TABLE]
-    assert list(table["mean"]) == ["trained transformer", "mean mouth"]
+    assert list(table["mean"]) == ["trained transformer", "shuffled audio", "mean mouth"]
     for clip in table["per_clip"].values():
         for row in clip.values():
             assert np.isfinite(row["l1"]["value"]) and row["l1"]["samples"] == TAIL_FRAMES
@@ -151,6 +155,17 @@ def test_landmark_table_against_the_heads_mean_mouth(check: dict[str, Any]) -> N
     real = tail.landmarks[tail.has_face][..., CONTENT_POINTS]
     expected = float(np.abs(real - mean).mean())
     assert table["per_clip"]["talk_c"]["mean mouth"]["l1"]["value"] == pytest.approx(expected, rel=1e-6)
+
+    # the shuffled row: the same transformer on the dubs' shuffled audio (0.2 s pieces, seed 41)
+    samples = shuffled_audio(load_audio(out / "split" / "tails" / "talk_c.mp4").samples, 3200, 41)
+    shuffled = dataclasses.replace(tail, mels=SequenceMelWindows.offline(samples, tail.mels.fps))
+    faces = [int(f) for f in np.flatnonzero(tail.has_face)]
+    transformer, references = generator.models.transformer, generator.config.landmark_references
+    predicted = predict_content(transformer, shuffled, faces, references)
+    expected = float(np.abs(real - predicted).mean())
+    row = table["per_clip"]["talk_c"]
+    assert row["shuffled audio"]["l1"]["value"] == pytest.approx(expected, rel=1e-5)
+    assert row["shuffled audio"]["l1"]["value"] != row["trained transformer"]["l1"]["value"]
 
 
 def test_mean_content_weighs_every_head_frame_alike() -> None:

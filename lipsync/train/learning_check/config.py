@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from lipsync.config import AUDIO_SAMPLE_RATE
 from lipsync.train.config import ConfigError, load_config
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -48,6 +49,11 @@ class EvaluationSettings:
     batch_size: int = 8  # frames per generator pass when dubbing
     device: DeviceName = "auto"
     eval_weights: Path | None = None  # `lipsync eval` weights folder (syncnet_v2 for LSE); None: none
+
+    @property
+    def shuffle_piece_samples(self) -> int:
+        """The shuffled audio's piece length in samples at the project's audio rate."""
+        return max(1, round(self.shuffle_piece_seconds * AUDIO_SAMPLE_RATE))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 On each held-out tail, every frame with a face is predicted as the generator predicts it (`landmark_inspect`:
 its five mel windows, its neighbours' pose landmarks, the inference rule's references, the middle of the
 five predicted frames) and compared with the tail's own content landmarks (lower jaw and lips, normalised to
-each frame's crop, tracked as `dub` tracks). The baseline predicts one constant: the mean content landmarks
-over every frame of the prepared heads (the training data), in the same crop units. Errors are the mean
+each frame's crop, tracked as `dub` tracks). The same transformer is also fed the tail's audio in shuffled
+pieces (the dubs' shuffled-audio control): what it gains from the audio itself is the gap between the two.
+The baseline predicts one constant: the mean content landmarks over every frame of the prepared heads (the
+training data), in the same crop units. Errors are the mean
 absolute coordinate error (the trainer's held-out L1), in crop units and in pixels of a 128 px face.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +28,10 @@ from lipsync.train.learning_check.scoring import Score
 PIXELS = 128  # errors are also given in pixels of a face this size (as `lipsync train landmarks` logs)
 MEAN_MOUTH_FILE = "mean-mouth.json"
 
-TRAINED, MEAN_MOUTH = "trained transformer", "mean mouth"
+TRAINED, SHUFFLED, MEAN_MOUTH = "trained transformer", "shuffled audio", "mean mouth"
 ROWS = {
     TRAINED: "the trained transformer's lower jaw and lips, predicted from the tail's audio and pose",
+    SHUFFLED: "the same transformer fed the tail's audio in shuffled pieces (pose and references unchanged)",
     MEAN_MOUTH: "no model: every frame gets the mean lower jaw and lips of the heads (crop-normalised)",
 }
 COLUMNS = (
@@ -71,15 +75,28 @@ def landmark_errors(predicted: np.ndarray, real: np.ndarray) -> dict[str, Score]
 
 
 def landmark_scores(
-    generator: LandmarkPriorGenerator, tail: Path, frames: int, mean: np.ndarray
+    generator: LandmarkPriorGenerator,
+    tail: Path,
+    frames: int,
+    mean: np.ndarray,
+    piece_samples: int,
+    seed: int,
 ) -> dict[str, dict[str, Score]]:
-    """The two rows of one tail (`frames` frames long)."""
+    """The rows of one tail (`frames` frames long); the shuffled row cuts its audio into `piece_samples`
+    pieces in the order of `seed` (`controls.shuffled_audio`)."""
+    from lipsync.io.audio import load_audio
+    from lipsync.models.landmark_prior.mel_windows import SequenceMelWindows
     from lipsync.train.landmark_inspect import predict_content, video_inspection
+    from lipsync.train.learning_check.controls import shuffled_audio
 
     clip = video_inspection(tail, generator, frames)
+    shuffled = shuffled_audio(load_audio(tail).samples, piece_samples, seed)
+    shuffled_clip = replace(clip, mels=SequenceMelWindows.offline(shuffled, clip.mels.fps))
     faces = [int(f) for f in np.flatnonzero(clip.has_face)]
     real = clip.landmarks[faces][..., CONTENT_POINTS]
-    transformer = generator.models.transformer
-    predicted = predict_content(transformer, clip, faces, generator.config.landmark_references)
-    constant = np.broadcast_to(mean, real.shape)
-    return {TRAINED: landmark_errors(predicted, real), MEAN_MOUTH: landmark_errors(constant, real)}
+    transformer, references = generator.models.transformer, generator.config.landmark_references
+    return {
+        TRAINED: landmark_errors(predict_content(transformer, clip, faces, references), real),
+        SHUFFLED: landmark_errors(predict_content(transformer, shuffled_clip, faces, references), real),
+        MEAN_MOUTH: landmark_errors(np.broadcast_to(mean, real.shape), real),
+    }

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lipsync.train.config import ConfigError
-from lipsync.train.learning_check.config import LearningCheckConfig, StageEntry, load_learning_check_config
+from lipsync.train.learning_check.config import (
+    EvaluationSettings,
+    LearningCheckConfig,
+    StageEntry,
+    load_learning_check_config,
+)
 from lipsync.train.learning_check.recipes import Recipe, check_stage_entries, recipe_for
 from lipsync.train.learning_check.report import (
     REAL_MEANING,
@@ -287,7 +292,8 @@ def _score(
     meanings = {row.name: row.meaning for row in recipe.rows} | {REAL: REAL_MEANING}
     tables = [ScoreTable("Held-out tails", meanings, dubbed)]
     if recipe.landmark_table:
-        tables.append(_landmark_table(_landmark_prior(trained.generator, weights), context, clips, out, say))
+        landmark_prior = _landmark_prior(trained.generator, weights)
+        tables.append(_landmark_table(landmark_prior, context, clips, evaluation, out, say))
         notes.append(
             "Landmark L1: the mean absolute coordinate error of the 31 lower-jaw and lip points over every "
             "tail frame with a face, crop-normalised (x 128 for px); the mean mouth is the mean over every "
@@ -311,6 +317,7 @@ def _landmark_table(
     generator: LandmarkPriorGenerator,
     context: StageContext,
     clips: list[SplitClip],
+    evaluation: EvaluationSettings,
     out: Path,
     say: Callable[[str], None],
 ) -> ScoreTable:
@@ -329,6 +336,13 @@ def _landmark_table(
     per_clip = {}
     for clip in clips:
         say(f"  {clip.name}: landmark errors")
-        per_clip[clip.name] = landmark_scores(generator, Path(clip.tail), clip.tail_frames, mean)
+        per_clip[clip.name] = landmark_scores(
+            generator,
+            Path(clip.tail),
+            clip.tail_frames,
+            mean,
+            evaluation.shuffle_piece_samples,
+            evaluation.seed,
+        )
     extra = {"mean_mouth": str(path), "mean_mouth_frames": sum(frames.values())}
     return ScoreTable("Held-out tails: lower-jaw and lip landmarks", ROWS, per_clip, COLUMNS, extra)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipsync.config import AUDIO_SAMPLE_RATE
 from lipsync.eval.networks.weights import EvalWeightFiles
 from lipsync.eval.report import EvalReport
 from lipsync.io.audio import load_audio
@@ -82,8 +81,8 @@ def score_clip(
     shuffled = tail_audio
     if any(row.shuffled_audio for row in rows):
         samples = load_audio(tail_audio).samples
-        piece = max(1, round(settings.shuffle_piece_seconds * AUDIO_SAMPLE_RATE))
-        shuffled = write_wav(folder / "shuffled-audio.wav", shuffled_audio(samples, piece, settings.seed))
+        pieces = shuffled_audio(samples, settings.shuffle_piece_samples, settings.seed)
+        shuffled = write_wav(folder / "shuffled-audio.wav", pieces)
 
     videos: dict[str, Path] = {}
     for row in rows:

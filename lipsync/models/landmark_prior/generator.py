@@ -14,7 +14,7 @@ references as lip references and frame t's mel window. The pipeline pastes it ba
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from functools import partial
@@ -54,7 +54,7 @@ REFERENCE_FACES = "reference_faces"  # reference array: (R, S, S, 3) uint8, in `
 REFERENCE_LANDMARKS = "reference_landmarks"  # reference array: (R, 2, 68) float32, the same frames
 REFERENCE_ARRAYS = (TRACK_LANDMARKS, REFERENCE_FACES, REFERENCE_LANDMARKS)
 PIXEL_MAX = 255.0
-REFERENCE_CACHE_BYTES = 1024 * 2**20  # encoded reference sets kept: 178 MiB each at 128 px, N = 25, fp32
+REFERENCE_CACHE_BYTES = 1024 * 2**20  # encoded reference sets kept: 181 MiB each at 128 px, N = 25, fp32
 PREPARE_AGAIN = "prepare the avatar again with these weights (lipsync avatar prepare VIDEO --name NAME)"
 
 
@@ -105,13 +105,14 @@ def crop_normalised_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarr
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The N image references and L lip references as the networks read them, with their encodings."""
+    """The N image references and L lip references as the networks read them, with their encodings; every
+    tensor has a leading dimension of 1 (one entry of the reference cache)."""
 
-    faces: Tensor  # (N, 3, S, S), the first N reference crops
-    sketches: Tensor  # (N, 3, S, S), their landmark sketches
-    lip_faces: Tensor  # (L, 3, S, S), the first L reference crops
-    lip_sketches: Tensor  # (L, 3, S, S), their lip sketches
-    features: ReferenceFeatures | None  # E_r of (faces, sketches), leading dimension 1 (None: w/o Ali)
+    faces: Tensor  # (1, N, 3, S, S), the first N reference crops
+    sketches: Tensor  # (1, N, 3, S, S), their landmark sketches
+    lip_faces: Tensor  # (1, L, 3, S, S), the first L reference crops
+    lip_sketches: Tensor  # (1, L, 3, S, S), their lip sketches
+    features: ReferenceFeatures | None  # E_r of (faces, sketches) (None: w/o Ali)
     lip_features: Tensor | None  # (1, L, c2, S/2, S/2), the lip encoder's (None: w/o Lip)
 
 
@@ -199,8 +200,8 @@ class LandmarkPriorGenerator(Generator):
             alignment = self.models.alignment(
                 masked,
                 targets,
-                _rows(kept.faces, count),
-                _rows(kept.sketches, count),
+                _rows1(kept.faces, count),
+                _rows1(kept.sketches, count),
                 None
                 if features is None
                 else ReferenceFeatures(_rows1(features.full, count), _rows1(features.half, count)),
@@ -209,8 +210,8 @@ class LandmarkPriorGenerator(Generator):
             out = self.models.renderer(
                 masked,
                 targets,
-                _rows(kept.lip_faces, count),
-                _rows(kept.lip_sketches, count),
+                _rows1(kept.lip_faces, count),
+                _rows1(kept.lip_sketches, count),
                 mels[:, CENTRE],
                 alignment,
                 None if kept.lip_features is None else _rows1(kept.lip_features, count),
@@ -228,32 +229,33 @@ class LandmarkPriorGenerator(Generator):
             self._reference_set(_references(references))
 
     def _reference_set(self, references: Mapping[str, np.ndarray]) -> ReferenceSet:
-        """The first N and L references as tensors, with their encodings, kept by content."""
-        config, size = self.config, self.face_size
-        count, lip_count = config.references, config.lip_references
-        faces, points = references[REFERENCE_FACES], references[REFERENCE_LANDMARKS]
-        crops = to_tensor(faces, self.device, self.dtype)
-        image_sketches = self._tensor(np.stack([draw_sketch(p, size) for p in points[:count]]))
-        lip_sketches = self._tensor(np.stack([draw_sketch(p, size, LIP_EDGES) for p in points[:lip_count]]))
-        kept = ReferenceSet(crops[:count], image_sketches, crops[:lip_count], lip_sketches, None, None)
-        used = max(count, lip_count)
-        levels = self.reference_cache.encoded(
-            [frame_key(faces[:used], points[:used])], partial(self._encode, kept)
+        """The first N and L references as tensors, their sketches and encodings: built once per reference
+        set and kept by content, so a later call only hashes the set."""
+        used = max(self.config.references, self.config.lip_references)
+        faces, points = references[REFERENCE_FACES][:used], references[REFERENCE_LANDMARKS][:used]
+        build = partial(self._build_reference_set, faces, points)
+        faces_t, sketches, lip_faces, lip_sketches, *encoded = self.reference_cache.encoded(
+            [frame_key(faces, points)], build
         )
-        if not config.render.without_alignment:
-            full, half, *levels = levels
-            kept = replace(kept, features=ReferenceFeatures(full, half))
-        if not config.render.without_lip_module:
-            kept = replace(kept, lip_features=levels[0])
-        return kept
-
-    def _encode(self, kept: ReferenceSet, rows: list[int]) -> list[Tensor]:
-        """The reference set's encodings as cache levels (one row): E_r's two scales, then the lips'."""
-        levels: list[Tensor] = []
+        features = None
         if not self.config.render.without_alignment:
-            features = self.models.alignment.encode_references(kept.faces, kept.sketches)
+            full, half, *encoded = encoded
+            features = ReferenceFeatures(full, half)
+        lip_features = None if self.config.render.without_lip_module else encoded[0]
+        return ReferenceSet(faces_t, sketches, lip_faces, lip_sketches, features, lip_features)
+
+    def _build_reference_set(self, faces: np.ndarray, points: np.ndarray, rows: list[int]) -> list[Tensor]:
+        """One cache entry (`rows` is its one row): the crops and sketches of the first N image and L lip
+        references, then E_r's two scales (unless w/o Ali), then the lip encoder's (unless w/o Lip)."""
+        size, count, lip_count = self.face_size, self.config.references, self.config.lip_references
+        crops = to_tensor(faces, self.device, self.dtype)
+        sketches = self._tensor(np.stack([draw_sketch(p, size) for p in points[:count]]))
+        lip_sketches = self._tensor(np.stack([draw_sketch(p, size, LIP_EDGES) for p in points[:lip_count]]))
+        levels = [crops[:count], sketches, crops[:lip_count], lip_sketches]
+        if not self.config.render.without_alignment:
+            features = self.models.alignment.encode_references(crops[:count], sketches)
             levels += [features.full, features.half]
-        lips = self.models.renderer.encode_lips(kept.lip_faces, kept.lip_sketches)
+        lips = self.models.renderer.encode_lips(crops[:lip_count], lip_sketches)
         if lips is not None:
             levels.append(lips)
         return [level.unsqueeze(0) for level in levels]

@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 import torch
 
+import lipsync.face.track as track
+import lipsync.models.musetalk.audio_features as audio_features
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings, RuntimeSettings, ServerSettings, StreamSettings
+from lipsync.face.crop import CropBox
 from lipsync.io.audio import Audio, load_audio
 from lipsync.io.video import probe_video
 from lipsync.models.generator import Generator
-from lipsync.pipeline.avatar import AvatarStore, load_fresh_avatar, prepare_avatar
+from lipsync.models.musetalk.generator import MuseTalkGenerator
+from lipsync.pipeline.avatar import Avatar, AvatarStore, load_fresh_avatar, prepare_avatar
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
 from lipsync.pipeline.dub import DubPipeline
 from lipsync.pipeline.speak import SpeakPipeline
@@ -30,26 +34,16 @@ from lipsync.server.protocol import decode_frame, decode_jpeg, float_to_pcm
 from lipsync.timing import StageTimes
 
 from conftest import media, write_clip, write_wav
+from reference_frames import load_reference, save_reference
 from toy_family import ToyGenerator
 
-# SHA-256 over the raw RGB bytes of every output frame, made by the code before MuseTalk moved behind the
-# generator interface (tiny scaffolded weights, seed 0, fp32 on the CPU, 2 threads, talk_c.mp4 +
-# speech_44k_stereo.wav), per torch CPU capability: float kernels of another CPU class round differently.
-# Both were recorded by running that commit's pipelines with these inputs on a machine of the class.
-BEFORE = {
-    "AVX2": {
-        "dub, 40 frames": "1ae735be9dafedb3f19eb2a3042dc0dc957f4c1c5f8074943a7aa9428eb8df76",
-        "avatar speak, segment features": "29a640c93a656a2e7c4e8a7dc294de5cc7278a42eb0724066652132371d2f8e9",
-        "avatar speak, sliding features": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
-        "stream, 40 random chunks": "155b713caf4eb601909c9c837daf914dd449c240bdc29c824b88a7834b475bf2",
-    },
-    "AVX512": {
-        "dub, 40 frames": "dbc4bc9def23fce5cad14289abc7eba1d3d00b6e26c66665065afc1ee8b7a50e",
-        "avatar speak, segment features": "665f58376cf75e94e4255eb81d4eab841124685bc464696bcc53e8dcf2c077a0",
-        "avatar speak, sliding features": "b32e928bd31b2516518d5d0e8b2488150e4ae635e8ddd4f586ce23b0aba85ca3",
-        "stream, 40 random chunks": "b32e928bd31b2516518d5d0e8b2488150e4ae635e8ddd4f586ce23b0aba85ca3",
-    },
-}
+# A few frames of each MuseTalk pipeline (tiny scaffolded weights, seed 0, fp32 on the CPU, talk_c.mp4 +
+# speech_44k_stereo.wav), cropped to where the model draws. Recorded with this file's record_reference() on
+# an AVX-512 machine whose full frames, at that time, had the same SHA-256 digests as those made by the code
+# from before MuseTalk moved behind the generator interface: so these are that code's frames.
+REFERENCE = Path(__file__).parent / "data" / "musetalk-before-interface.npz"
+REFERENCE_BOX = (272, 469, 166, 414)  # y1, y2, x1, x2: every pixel the tiny model changes in talk_c.mp4
+STORED_FRAMES = {"dub": (0, 19, 39), "speak-segment": (10, 56), "speak-sliding": (10, 56)}
 SPEECH_SAMPLES = 2 * AUDIO_SAMPLE_RATE + 5003  # 2.3 s: 57 frames, the last slot not full
 
 
@@ -80,30 +74,94 @@ def chunked_stream(session: StreamSession, samples: np.ndarray, seed: int = 0) -
 FP32 = DubSettings(runtime=RuntimeSettings(device="cpu", dtype="fp32", batch_size=8))
 
 
+def dubbed_frames(generator: Generator) -> list[np.ndarray]:
+    """40 frames (fewer would shorten the audio whisper attends over, and so change every frame)."""
+    dub = DubPipeline(generator, FP32)
+    return [f.image for f in dub.frames(media("talk_c.mp4"), media("speech_44k_stereo.wav"), max_frames=40)]
+
+
+def musetalk_outputs(generator: Generator, avatar: Avatar) -> dict[str, list[np.ndarray]]:
+    """Every frame of each pipeline the reference holds frames of, and of a stream in random chunks."""
+    speech = short_speech()
+    sliding = SpeakPipeline(generator, dataclasses.replace(FP32, audio_features="sliding"))
+    with StreamSession(generator, avatar, StreamSettings(batch_size=4)) as session:
+        streamed = chunked_stream(session, speech.samples)
+    return {
+        "dub": dubbed_frames(generator),
+        "speak-segment": list(SpeakPipeline(generator, FP32).frames(avatar, speech, StageTimes())),
+        "speak-sliding": list(sliding.frames(avatar, speech, StageTimes())),
+        "stream": streamed,
+    }
+
+
+def record_reference(folder: Path) -> None:
+    """Write REFERENCE anew from this code's frames (the fixtures' weights and avatar made in `folder`):
+    only when the frames are meant to change. `python tests/test_generator_interface.py` runs it."""
+    from lipsync.models.musetalk.weights import scaffold_weights
+
+    scaffold_weights(folder / "weights", tiny=True)
+    generator = MuseTalkGenerator.from_pretrained(
+        folder / "weights", "v15", torch.device("cpu"), torch.float32
+    )
+    store = AvatarStore(folder / "avatars")
+    prepare_avatar(generator, store, "talk_c", media("talk_c.mp4"), show_bar=False)
+    outputs = musetalk_outputs(generator, store.load("talk_c"))
+    save_reference(REFERENCE, REFERENCE_BOX, {k: (v, outputs[k]) for k, v in STORED_FRAMES.items()})
+
+
 def test_musetalk_frames_equal_those_made_before_the_interface(
     tiny_generator: Generator, tiny_avatars: tuple[Path, str]
 ) -> None:
-    capability = torch.backends.cpu.get_cpu_capability()
-    speech = short_speech()
     avatar = AvatarStore(tiny_avatars[0]).load(tiny_avatars[1])
-    dub = DubPipeline(tiny_generator, FP32)
-    segment = SpeakPipeline(tiny_generator, FP32)
-    sliding = SpeakPipeline(tiny_generator, dataclasses.replace(FP32, audio_features="sliding"))
-    frames = dub.frames(media("talk_c.mp4"), media("speech_44k_stereo.wav"), max_frames=40)
-    with StreamSession(tiny_generator, avatar, StreamSettings(batch_size=4)) as session:
-        streamed = chunked_stream(session, speech.samples)
-    now = {
-        "dub, 40 frames": digest(frame.image for frame in frames),
-        "avatar speak, segment features": digest(segment.frames(avatar, speech, StageTimes())),
-        "avatar speak, sliding features": digest(sliding.frames(avatar, speech, StageTimes())),
-        "stream, 40 random chunks": digest(streamed),
-    }
-    assert len(streamed) == 57
-    assert capability in BEFORE, (
-        f"no digests recorded for CPU capability {capability} (recorded: {', '.join(BEFORE)}): run the "
-        "commit before the generator interface with these inputs on this CPU and add its digests"
-    )
-    assert now == BEFORE[capability], f"frames changed (this CPU is {capability})"
+    outputs = musetalk_outputs(tiny_generator, avatar)
+    # Same run, same machine: a stream equals the offline sliding render bit for bit.
+    assert len(outputs["stream"]) == len(outputs["speak-sliding"]) == 57
+    assert digest(outputs["stream"]) == digest(outputs["speak-sliding"])
+    reference = load_reference(REFERENCE)
+    assert reference.box == REFERENCE_BOX
+    assert [reference.mismatch(name, outputs[name]) for name in STORED_FRAMES] == [None] * len(STORED_FRAMES)
+
+
+def _moved_weight(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(generator, MuseTalkGenerator)
+    weight = generator.models.unet.conv_in.weight
+    with torch.no_grad():
+        weight[0, 0, 0, 0] += 0.01
+
+
+def _crop_one_pixel_right(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    box_of = track.crop_box_from_landmarks
+
+    def moved(*args: Any, **kwargs: Any) -> CropBox | None:
+        box = box_of(*args, **kwargs)
+        return None if box is None else dataclasses.replace(box, x1=box.x1 + 1, x2=box.x2 + 1)
+
+    monkeypatch.setattr(track, "crop_box_from_landmarks", moved)
+
+
+def _audio_one_frame_later(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    window_start = audio_features.audio_window_start
+    whisper_frames_per_video_frame = 2  # at 25 fps
+
+    def later(frame_index: int, fps: Fraction, audio_window: int = 5) -> int:
+        return window_start(frame_index, fps, audio_window) + whisper_frames_per_video_frame
+
+    monkeypatch.setattr(audio_features, "audio_window_start", later)
+
+
+@pytest.mark.parametrize("change", [_moved_weight, _crop_one_pixel_right, _audio_one_frame_later])
+def test_a_real_change_fails_the_comparison_with_the_reference(
+    change: Callable[[Generator, pytest.MonkeyPatch], None],
+    tiny_weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tolerance allows rounding, not a change: these are the smallest changes a bug would make."""
+    generator = MuseTalkGenerator.from_pretrained(tiny_weights, "v15", torch.device("cpu"), torch.float32)
+    reference = load_reference(REFERENCE)
+    assert reference.mismatch("dub", dubbed_frames(generator)) is None
+    change(generator, monkeypatch)
+    problem = reference.mismatch("dub", dubbed_frames(generator))
+    assert problem is not None and problem.startswith("dub: frames [0, 19, 39] differ from the reference")
 
 
 def test_avatars_prepared_before_the_interface_still_load_and_stay_fresh(
@@ -231,3 +289,11 @@ def test_a_toy_server_session(toy: ToyGenerator, toy_store: AvatarStore) -> None
         assert decode_jpeg(spoken[0].jpeg).shape == (590, 590, 3)
     finally:
         engine.close(wait=True)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        record_reference(Path(folder))
+    print(f"wrote {REFERENCE}")

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lipsync.cli.main import main
@@ -24,7 +25,7 @@ from conftest import media, tiny_syncnet_config, write_clip
 OPTIONS = EvalOptions(device="cpu", progress=False)
 ALL_KEYS = [
     "lse_d", "lse_c", "av_offset", "own_sync_confidence", "own_sync_offset", "fid_face", "fid_frame", "csim",
-    "lpips", "lmd", "lmd_pixels", "lip_lmd", "psnr", "ssim", "ifc", "flicker",
+    "lpips", "lmd", "lmd_pixels", "lip_lmd", "psnr", "ssim", "ifc", "flicker", "lip_sync_r",
 ]  # fmt: skip
 NEEDS_WEIGHTS = {"lse_d", "lse_c", "av_offset", "fid_face", "fid_frame", "csim", "lpips"}
 DUB_FRAMES = 30
@@ -81,6 +82,8 @@ def test_report_of_a_dubbed_clip(dubbed: Path, eval_weights: EvalWeightFiles, tm
     assert 0.2 < metrics["ssim"]["value"] < 0.95
     assert metrics["lmd"]["value"] > 0 and metrics["ifc"]["value"] > 0
     assert metrics["flicker"]["value"] > metrics["flicker"]["extra"]["reference"]
+    assert metrics["lip_sync_r"]["extra"]["target"] == "reference lip gap"
+    assert metrics["lip_sync_r"]["samples"] == DUB_FRAMES
 
     per_frame = data["per_frame"]
     assert per_frame["fps"] == 25
@@ -107,6 +110,7 @@ def test_a_clip_against_itself_scores_perfectly(eval_weights: EvalWeightFiles, t
     assert value["lmd"] == 0 and value["lmd_pixels"] == 0 and value["ifc"] == 0
     assert value["csim"] == pytest.approx(1.0, abs=1e-6)
     assert abs(value["fid_face"]) < 1e-6 and abs(value["fid_frame"]) < 1e-6  # type: ignore[arg-type]
+    assert value["lip_sync_r"] == pytest.approx(1.0) and report.metric("lip_sync_r").extra["best_lag"] == 0
 
 
 def test_missing_weights_and_inputs_give_skipped_entries(tmp_path: Path) -> None:
@@ -123,6 +127,7 @@ def test_missing_weights_and_inputs_give_skipped_entries(tmp_path: Path) -> None
     for key in ("fid_face", "csim", "psnr", "lmd", "ifc"):
         assert metrics[key]["status"] == "skipped" and metrics[key]["needs"] == "--reference", key
     assert metrics["flicker"]["status"] == "ok"  # needs nothing
+    assert metrics["lip_sync_r"]["status"] == "skipped" and metrics["lip_sync_r"]["needs"] == "--opening"
     assert not alone.untrained
 
     evaluate(clip, tmp_path / "paired", reference=clip, weights=empty, options=options)
@@ -130,6 +135,31 @@ def test_missing_weights_and_inputs_give_skipped_entries(tmp_path: Path) -> None
     assert FID_WEIGHTS_FILE in paired["fid_face"]["needs"] and paired["fid_face"]["value"] is None
     assert "backbone.pth" in paired["csim"]["needs"]
     assert paired["ssim"]["status"] == "ok"
+
+
+def test_the_lip_sync_meter_follows_a_ground_truth_opening(tmp_path: Path) -> None:
+    """--opening: a series that follows the clip's real mouth reads high; reversed, it does not."""
+    empty = EvalWeightFiles.in_folder(tmp_path / "no-weights")
+    options = EvalOptions(device="cpu", progress=False, max_frames=SELF_FRAMES)
+    clip = media("talk_b.mp4")
+    evaluate(clip, tmp_path / "seen", weights=empty, options=options)
+    # The mouth opening over the inter-ocular distance: the same lips, another normalisation.
+    truth = np.array(read_json(tmp_path / "seen")["per_frame"]["mouth_opening_generated"], dtype=np.float64)
+    np.save(tmp_path / "truth.npy", truth)
+    np.save(tmp_path / "reversed.npy", truth[::-1].copy())
+    follows = evaluate(clip, tmp_path / "a", weights=empty, options=options, opening=tmp_path / "truth.npy")
+    metric = follows.metric("lip_sync_r")
+    assert metric.value is not None and metric.value > 0.9 and metric.extra["target"] == "opening file"
+    reversed_ = evaluate(
+        clip, tmp_path / "b", weights=empty, options=options, opening=tmp_path / "reversed.npy"
+    )
+    assert reversed_.metric("lip_sync_r").value < 0.5  # type: ignore[operator]
+
+    np.save(tmp_path / "table.npy", np.zeros((4, 3)))
+    for name, message in [("missing.npy", "does not exist"), ("table.npy", "not one number per frame")]:
+        with pytest.raises(InputError, match=message):
+            evaluate(clip, tmp_path / f"out-{name}", weights=empty, options=options, opening=tmp_path / name)
+        assert not (tmp_path / f"out-{name}" / "report.json").exists()
 
 
 def test_a_silent_video_needs_audio_for_sync_metrics(eval_weights: EvalWeightFiles, tmp_path: Path) -> None:

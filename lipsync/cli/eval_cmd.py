@@ -31,6 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("generated", type=Path, nargs="?", metavar="GENERATED", help="the video to evaluate")
     ev.add_argument("--reference", type=Path, help="the source video, frame-aligned with GENERATED")
     ev.add_argument("--audio", type=Path, help="the speech GENERATED should follow (default: its own track)")
+    ev.add_argument(
+        "--opening",
+        type=Path,
+        metavar="NPY",
+        help="ground-truth mouth opening per frame for the lip-sync meter (a corpus's <clip>.opening.npy); "
+        "default: the reference's own lip gap",
+    )
     ev.add_argument("--out", type=Path, metavar="REPORT_DIR", help="folder for report.json and report.html")
     ev.add_argument("--force", action="store_true", help="replace the report files in a non-empty REPORT_DIR")
     ev.add_argument(
@@ -212,7 +219,14 @@ def run(args: argparse.Namespace) -> int:
         **{name: value for name, value in chosen.items() if value is not None},
     )
     report = evaluate(
-        args.generated, args.out, args.reference, args.audio, weights, options, force=args.force
+        args.generated,
+        args.out,
+        args.reference,
+        args.audio,
+        weights,
+        options,
+        force=args.force,
+        opening=args.opening,
     )
     if report.untrained:
         print(

@@ -97,6 +97,14 @@ OWN_SYNC_OFFSET = (
 )
 
 
+LIP_SYNC_R = (
+    "Lip-sync meter: Pearson r between the generated face's lip gap per frame (mean distance of the facing "
+    "inner-lip landmarks 61-67, 62-66, 63-65 over the mouth width 48-54, from mediapipe FaceMesh) and a "
+    "target per frame: the ground-truth opening given with --opening (a controlled-sync corpus's "
+    "<clip>.opening.npy), else the reference video's own lip gap (a held-out real clip dubbed with its own "
+    "audio). Over frames where both are defined, at lag 0; best_lag is the lag within ±5 frames with the "
+    "highest r (positive: the generated mouth moves later). 1 follows the target, 0 ignores it."
+)
 LSE_D_SPEC = MetricSpec("lse_d", "LSE-D", LSE_D, "lower")
 LSE_C_SPEC = MetricSpec("lse_c", "LSE-C", LSE_C, "higher")
 AV_OFFSET_SPEC = MetricSpec("av_offset", "AV offset", AV_OFFSET, "zero", "frames")
@@ -108,6 +116,7 @@ FID_FACE_SPEC = MetricSpec("fid_face", "FID (face crops)", FID_FACE, "lower")
 FID_FRAME_SPEC = MetricSpec("fid_frame", "FID (full frames)", FID_FRAME, "lower")
 CSIM_SPEC = MetricSpec("csim", "CSIM", CSIM, "higher")
 LMD_SPEC = MetricSpec("lmd", "LMD", LMD, "lower")
+LIP_SYNC_R_SPEC = MetricSpec("lip_sync_r", "Lip-sync r", LIP_SYNC_R, "higher")
 LMD_PIXELS_SPEC = MetricSpec("lmd_pixels", "LMD (pixels)", LMD_PIXELS, "lower", "px")
 LIP_LMD_SPEC = MetricSpec("lip_lmd", "LipLMD", LIP_LMD, "lower", "px")
 LPIPS_SPEC = MetricSpec("lpips", "LPIPS", LPIPS, "lower")

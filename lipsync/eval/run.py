@@ -30,6 +30,7 @@ from lipsync.eval.identity import arcface_embeddings, matched_cosine
 from lipsync.eval.image_metrics import ConsistencyTracker, psnr, ssim
 from lipsync.eval.inputs import EVAL_FPS, TrackedVideo, audio_envelope, speech_for, track_video
 from lipsync.eval.landmark_metrics import landmark_distance, lip_lmd, mean_over_faces, mouth_opening
+from lipsync.eval.lip_sync_meter import lip_gap, load_opening, read_lip_sync
 from lipsync.eval.lpips import lpips_distances
 from lipsync.eval.lse import (
     LseResult,
@@ -222,13 +223,16 @@ def evaluate(
     weights: EvalWeightFiles | None = None,
     options: EvalOptions | None = None,
     force: bool = False,
+    opening: Path | None = None,
 ) -> EvalReport:
-    """Compute every metric that the inputs and weights allow; write report.json and report.html."""
+    """Compute every metric that the inputs and weights allow; write report.json and report.html.
+    `opening`: a ground-truth mouth opening per frame (.npy) for the lip-sync meter."""
     started = time.monotonic()
     weights = weights or EvalWeightFiles.in_folder()
     options = options or EvalOptions()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
+    target_opening = load_opening(Path(opening)) if opening is not None else None
     device = resolve_device(options.device)
     times = StageTimes(device, dict.fromkeys(EvalStage, 0.0))
 
@@ -259,6 +263,7 @@ def evaluate(
             _csim_metric(state, weights),
             _lpips_metric(state, weights),
             *_pixel_metrics(state),
+            _lip_sync_metric(gen, ref, target_opening),
         ]
     inputs = [_summary("generated", gen)]
     if ref is not None:
@@ -535,6 +540,24 @@ def _lip_lmd_metric(gen: TrackedVideo, ref: TrackedVideo, pairs: int) -> Metric:
     except ValueError as exc:
         return skipped(define.LIP_LMD_SPEC, str(exc))
     return computed(define.LIP_LMD_SPEC, value, frames)
+
+
+def _lip_sync_metric(gen: TrackedVideo, ref: TrackedVideo | None, opening: np.ndarray | None) -> Metric:
+    """The lip-sync meter against the ground-truth opening if given, else against the reference's lip gap."""
+    spec = define.LIP_SYNC_R_SPEC
+    if opening is not None:
+        target, against = opening, "opening file"
+    elif ref is not None:
+        target, against = lip_gap(ref.track.points), "reference lip gap"
+    else:
+        return skipped(spec, "needs a target: --opening (ground truth per frame) or --reference", "--opening")
+    try:
+        reading = read_lip_sync(lip_gap(gen.track.points), target)
+    except ValueError as exc:
+        return skipped(spec, str(exc))
+    return computed(
+        spec, reading.r, reading.frames, best_lag=reading.best_lag, best_r=reading.best_r, target=against
+    )
 
 
 def _pixel_metrics(state: _FramePass) -> list[Metric]:

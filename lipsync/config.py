@@ -65,6 +65,13 @@ MASK_UPPER_BOUNDARY_RATIO = 0.5  # only rows below this fraction of the box heig
 # --- Video ----------------------------------------------------------------------------------------
 DEFAULT_IMAGE_FPS = Fraction(25)  # frame rate given to a photo input
 OUTPUT_CRF = 18  # x264 quality used by the reference re-encode
+# Media limits, checked from a file's header before it is decoded: a small file may claim a huge picture
+# (a few hundred bytes of PNG can decode to gigabytes) or more frames than memory holds.
+MAX_FRAME_PIXELS = 50_000_000  # width x height of a photo or a video frame: 8K video and 48 MP photos fit
+MAX_VIDEO_FRAMES = 500_000  # frames of an input video: over 5 hours at 25 fps, 2.3 hours at 60 fps
+MAX_AUDIO_SECONDS = 3 * 3600  # length of an audio input (3 hours: 0.7 GB as 16 kHz float samples)
+# Containers a video output may be written as, by its file suffix (the name says what the file is).
+VIDEO_OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
 
 ModelVersion = Literal["v1", "v15"]
 SilenceMode = Literal["keep", "generate"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,4 +222,23 @@ def still_photo(folder: Path) -> Path:
         frame = next(reader.frames(0, 1))
     path = folder / "still.png"
     cv2.imwrite(str(path), frame[..., ::-1])
+    return path
+
+
+def write_png(path: Path, width: int, height: int, *, bit_depth: int = 8, color_type: int = 2) -> Path:
+    """A PNG built byte by byte: its IHDR claims width x height; its pixel data is all zero (a real,
+    complete image for 1-bit grey, whose rows compress to almost nothing; a few bytes otherwise)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    if bit_depth == 1 and color_type == 0:
+        compressor = zlib.compressobj(9)
+        row = bytes(1 + (width + 7) // 8)  # filter byte, then the row's bits
+        pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    else:
+        pixels = zlib.compress(bytes(16))
+    signature = b"\x89PNG\r\n\x1a\n"
+    path.write_bytes(signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
     return path

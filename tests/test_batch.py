@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import av
 import numpy as np
 import pytest
 
@@ -195,12 +196,13 @@ def test_every_problem_of_a_task_file_is_listed_before_any_model_loads(
     assert main(["dub-batch", str(tasks_file), "--weights", str(missing_weights), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "fix:" in err
-    assert "8 problems" in err
+    assert "9 problems" in err
     for expected in (
         "task 1 (line 2): `bbox_shift` (--bbox-shift): 'abc' is not a whole number",
         "task 2 (line 3): writes",
         "which task 1 (line 2) writes too",
         "task 3 (line 4): writes",
+        "task 3 (line 4): output c.wav: the suffix .wav names no container lipsync writes",
         "the audio of task 3 (line 4)",
         "task 4 (line 5): `device` (--device) changes the loaded model",
         "task 5 (line 6): no `audio`",
@@ -392,3 +394,115 @@ def test_ctrl_c_stops_the_command_without_a_report(
     assert main(["dub-batch", str(tasks_file), "--weights", str(tiny_weights), *FAST]) == 130
     assert calls == ["stop.mp4"]  # the batch stopped: the next task did not start
     assert not default_report_path(tasks_file).exists()
+
+
+def test_a_present_output_that_does_not_decode_in_full_is_dubbed_again(
+    tiny_weights: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = batch_folder(inputs, tmp_path)
+    tasks_file = folder / "tasks.yaml"
+    tasks_file.write_text("- {video: clips/b.mp4, audio: speech/long.wav, output: out/long.mp4}\n")
+    args = ["dub-batch", str(tasks_file), "--weights", str(tiny_weights), *FAST]
+    assert main(args) == 0
+    output = folder / "out" / "long.mp4"
+    expected = expected_frames(folder / "clips" / "b.mp4", LONG_SAMPLES)
+    assert len(frames_of(output)) == expected
+    # The first part of the result, as an interrupted copy leaves it: its index still lists every frame.
+    complete = output.read_bytes()
+    capsys.readouterr()
+    for kept in (len(complete) * 9 // 10, len(complete) // 2):  # index kept, frames missing
+        output.write_bytes(complete[:kept])
+        with av.open(str(output)) as container:
+            assert container.streams.video[0].frames == expected
+        assert decoded_frames(output) < expected
+
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "1 done, 0 skipped, 0 failed" in out and f"of the {expected} frames this task makes" in out
+        assert decoded_frames(output) == expected
+        entry = read_report(default_report_path(tasks_file))["tasks"][0]
+        assert entry["status"] == "done" and "dubbed again" in entry["note"]
+    assert main(args) == 0  # now complete: skipped
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+
+
+def decoded_frames(path: Path) -> int:
+    """Frames that decode, up to the first that does not."""
+    count = 0
+    with av.open(str(path)) as container:
+        frames = container.decode(video=0)
+        while True:
+            try:
+                next(frames)
+            except (StopIteration, av.error.FFmpegError):
+                return count
+            count += 1
+
+
+HOLD_LOCK = """\
+import sys
+from pathlib import Path
+from lipsync.pipeline.batch import output_lock
+with output_lock(Path(sys.argv[1])) as holder:
+    print("held" if holder is None else f"busy {holder}", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_task_another_run_is_dubbing_is_left_to_it_and_a_dead_runs_lock_is_taken_over(
+    tiny_weights: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = batch_folder(inputs, tmp_path)
+    tasks_file = folder / "tasks.yaml"
+    tasks_file.write_text(
+        "- {video: clips/c.mp4, audio: speech/short.wav, output: out/held.mp4}\n"
+        "- {video: clips/c.mp4, audio: speech/short.wav, output: out/free.mp4}\n"
+    )
+    held, free = folder / "out" / "held.mp4", folder / "out" / "free.mp4"
+    args = ["dub-batch", str(tasks_file), "--weights", str(tiny_weights), *FAST]
+    other_run = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(held)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other_run.stdout is not None and other_run.stdout.readline().strip() == "held"
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert f"another run (process {other_run.pid}) is dubbing this output" in out
+        assert "1 done, 1 skipped, 0 failed" in out
+        assert not held.exists() and probe_video(free).frame_count > 0
+        entries = read_report(default_report_path(tasks_file))["tasks"]
+        assert [entry["status"] for entry in entries] == ["skipped", "done"]
+        assert f"process {other_run.pid}" in entries[0]["note"]
+    finally:
+        other_run.kill()  # as SIGKILL leaves it: the lock file stays, naming a process that is gone
+        other_run.communicate(timeout=30)
+    lock = folder / "out" / ".held.mp4.lock"
+    assert lock.read_text() == str(other_run.pid)
+
+    assert main(args) == 0
+    assert "1 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert probe_video(held).frame_count == probe_video(free).frame_count
+    assert sorted(path.name for path in (folder / "out").iterdir()) == ["free.mp4", "held.mp4"]
+
+
+def test_an_output_that_is_a_folder_or_has_a_suffix_that_is_not_written_says_so(
+    inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(DubPipeline, "__call__", fake_dub(calls))
+    folder = tmp_path / "dub.mp4"
+    folder.mkdir()
+    task = BatchTask(1, inputs / "clips" / "c.mp4", inputs / "speech" / "short.wav", folder)
+    (result,) = run_batch(DubPipeline(cast(Generator, None)), [task]).results
+    assert result.status == "failed" and calls == []
+    assert result.error is not None and f"the output {folder} is a folder" in result.error
+    assert f"fix: give the task a file name in it, e.g. {folder / 'out.mp4'}" in result.error
+
+    tasks_file = tmp_path / "tasks.csv"
+    tasks_file.write_text("video,audio,output\nv.mp4,a.wav,x.avi\n")
+    with pytest.raises(TaskFileError, match=r"task 1 \(line 2\): output x.avi: the suffix .avi names no"):
+        load_tasks(tasks_file)

@@ -21,7 +21,7 @@ from lipsync.io.video import FrameReader, probe_video
 from lipsync.io.writer import NAME_MAX_BYTES, VideoWriter
 from lipsync.models.generator import Generator
 
-from conftest import REPO, media, write_clip
+from conftest import REPO, media, write_clip, write_png
 
 
 def dub_args(out: str, weights: Path, *extra: str) -> list[str]:
@@ -142,3 +142,57 @@ def test_a_damaged_tail_ends_the_video_where_frames_stop_decoding(
     prepare_avatar(tiny_generator, store, "damaged", damaged, show_bar=False)
     avatar = store.load("damaged")
     assert avatar.frame_count == good and sorted(set(avatar.cycle.tolist())) == list(range(good))
+
+
+def test_an_output_suffix_that_is_not_written_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("x.avi", "x"):
+        assert main(dub_args(str(tmp_path / name), tmp_path / "no-weights")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "names no container lipsync writes" in err
+        assert "fix: Name it e.g. x.mp4" in err and "no-weights" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_bomb_is_an_input_error_from_the_command(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bomb = write_png(tmp_path / "bomb.png", 65535, 65535)  # 68 bytes claiming 65535x65535
+    out = tmp_path / "out.mp4"
+    command = ["dub", str(bomb), str(media("speech_16k_stereo.wav")), "-o", str(out)]
+    assert main([*command, "--weights", str(tiny_weights), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror:" in err and "bomb.png" in err and "pixels" in err  # after the UNTRAINED warning
+    assert "not decoded" in err and "fix: Scale it down" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_face_index_beyond_a_single_face_says_there_is_one(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = probe_video(media("talk_c.mp4"))
+    with FrameReader(info) as reader:
+        frames = list(reader.frames(0, 3))
+    with pytest.raises(InputError) as error:
+        track_face(frames, FaceSettings(face_index=1), info.width, info.height)
+    assert "has only 1 face" in error.value.problem and "0 (the smallest)" not in error.value.fix
+    clip = write_clip(media("talk_c.mp4"), tmp_path / "clip.mp4", 3)
+    speech = str(media("speech_16k_stereo.wav"))
+    command = ["dub", str(clip), speech, "-o", str(tmp_path / "out.mp4"), "--face", "1"]
+    assert main([*command, "--weights", str(tiny_weights), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "has only 1 face" in err and "fix: leave `face_index` (--face) at 0, the default" in err
+
+
+def test_an_audio_track_over_the_length_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipsync.io import audio
+
+    monkeypatch.setattr(audio, "MAX_AUDIO_SECONDS", 2)
+    speech = media("speech_16k_stereo.wav")  # 8 s: its header says so
+    with pytest.raises(InputError, match="too long for lipsync: its header says 8 s"):
+        audio.load_audio(speech)
+    monkeypatch.setattr(audio, "MICROSECONDS", 10**12)  # as if the header said nothing of its length
+    with pytest.raises(InputError, match="too long for lipsync: it has more than 2 s") as caught:
+        audio.load_audio(speech)
+    assert "Cut it" in caught.value.fix

@@ -230,3 +230,19 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         handle.setsampwidth(2)
         handle.setframerate(rate)
         handle.writeframes(samples.tobytes())
+
+
+def test_more_output_frames_than_the_limit_are_refused_before_any_work(
+    pipeline: DubPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lipsync.pipeline import dub
+
+    monkeypatch.setattr(dub, "MAX_VIDEO_FRAMES", 100)
+    photo = tmp_path / "face.png"
+    with av.open(str(media("talk_c.mp4"))) as container:
+        next(container.decode(video=0)).to_image().save(photo)
+    out = tmp_path / "out.mp4"
+    fast = pipeline.settings.with_options(image_fps=Fraction(1000))  # 8 s of speech: 8,000 frames
+    with pytest.raises(InputError, match="8,000 frames, over the limit of 100") as caught:
+        DubPipeline(pipeline.generator, fast)(photo, media("speech_16k_stereo.wav"), out, progress=False)
+    assert "lower frame rate" in caught.value.fix and not out.exists()

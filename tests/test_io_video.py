@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -11,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
+from lipsync.config import MAX_FRAME_PIXELS
 from lipsync.errors import InputError
 from lipsync.io import video
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
 
-from conftest import media
+from conftest import media, write_png
 
 EXIF_ORIENTATION = 0x0112
 EXIF_ROTATE_90_CW = 6
@@ -211,3 +213,46 @@ def test_probing_indexes_the_file_once_for_all_reading(monkeypatch: pytest.Monke
     with FrameReader(info) as reader:
         assert sum(1 for _ in reader.cycled(info.frame_count + 20)) == info.frame_count + 20
     assert len(passes) == 1
+
+
+def test_image_bombs_are_refused_from_their_header_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = math.isqrt(MAX_FRAME_PIXELS) + 1  # just over the limit, and a complete image
+    claims = write_png(tmp_path / "claims.png", 65535, 65535)  # 68 bytes claiming 4.3 G pixels
+    real = write_png(tmp_path / "real.png", side, side, bit_depth=1, color_type=0)
+    assert claims.stat().st_size < 100 and real.stat().st_size < 200_000
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(video.cv2, "imdecode", no_decoding)
+    for path in (claims, real):
+        with pytest.raises(InputError) as caught:
+            probe_video(path)
+        assert path.name in caught.value.problem and "not decoded" in caught.value.problem
+        assert "pixels" in caught.value.problem and "Scale it down" in caught.value.fix
+
+
+def test_a_video_whose_stream_claims_a_huge_frame_is_refused_before_decoding(tmp_path: Path) -> None:
+    side = math.isqrt(MAX_FRAME_PIXELS) + 2
+    clip = tmp_path / "huge.y4m"  # a raw YUV stream: its text header says the size, one short frame
+    clip.write_bytes(f"YUV4MPEG2 W{side} H{side} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + bytes(1000))
+    with pytest.raises(InputError) as caught:
+        probe_video(clip)
+    assert f"{side}x{side}" in caught.value.problem and "not decoded" in caught.value.problem
+
+
+def test_a_video_with_more_frames_than_the_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video, "MAX_VIDEO_FRAMES", 10)
+    with pytest.raises(InputError) as caught:
+        probe_video(media("talk_c.mp4"))  # its header says how many frames it has
+    assert "too long" in caught.value.problem and "claims 125 frames" in caught.value.problem
+    assert "Cut it" in caught.value.fix
+    uncounted = tmp_path / "uncounted.y4m"  # no frame count in the header: counted, up to the limit
+    frame = b"FRAME\n" + bytes(16 * 16 * 3 // 2)
+    uncounted.write_bytes(b"YUV4MPEG2 W16 H16 F25:1 Ip A1:1 C420jpeg\n" + frame * 12)
+    with pytest.raises(InputError, match="too long for lipsync: it has more than 10 frames"):
+        probe_video(uncounted)

@@ -180,3 +180,18 @@ def test_audio_is_interleaved_as_frames_are_written(tmp_path: Path) -> None:
             w.write(np.zeros((32, 32, 3), np.uint8))
         assert w._audio is not None
         assert 2 * rate <= w._audio._samples_out < 3 * rate
+
+
+def test_the_output_suffix_names_the_container_written(tmp_path: Path) -> None:
+    for name in ("x.avi", "x.mkv", "x.webm", "x", "x.MP4.txt"):
+        with pytest.raises(OutputError) as caught:
+            VideoWriter(tmp_path / name, Fraction(25), 32, 32)
+        assert "names no container lipsync writes" in caught.value.problem and ".mp4" in caught.value.fix
+    assert os.listdir(tmp_path) == []
+    for name, container in (("x.mov", "mov"), ("x.MP4", "mp4"), ("x.m4v", "mp4")):
+        with VideoWriter(tmp_path / name, Fraction(25), 32, 32) as writer:
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+        with av.open(str(tmp_path / name)) as written:
+            brand = written.metadata.get("major_brand", "")
+        assert ("qt" in brand) == (container == "mov"), (name, brand)
+        assert probe_video(tmp_path / name).frame_count == 1

@@ -108,6 +108,8 @@ def _progress_line(total: int, share: ProcessShare) -> Callable[[TaskResult], No
             detail = (result.error or "").splitlines()[0]
         else:
             detail = f"{result.frames} frames, {result.seconds:.1f} s"
+        if result.note:
+            detail = f"{detail}; {result.note}" if result.status == "done" else result.note
         print(f"{prefix}[{result.index}/{total}] {result.status:7} {result.output}: {detail}", flush=True)
 
     return line

@@ -121,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_dub(args: argparse.Namespace) -> int:
-    from lipsync.io.writer import check_output_path, output_file
+    from lipsync.io.writer import check_video_output, output_file
     from lipsync.pipeline.dub import UNTRAINED_LABEL, DubPipeline
 
-    # A bad output path is refused before the (slow) model load, not after it.
-    check_output_path(output_file(args.output), {"video": args.source, "audio": args.audio})
+    # A bad output path (or suffix) is refused before the (slow) model load, not after it.
+    check_video_output(output_file(args.output), {"video": args.source, "audio": args.audio})
     pipeline = DubPipeline.from_pretrained(args.weights, settings=settings_from_args(args))
     if pipeline.generator.untrained:
         print(f"WARNING: {UNTRAINED_LABEL}", file=sys.stderr)

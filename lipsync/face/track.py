@@ -178,10 +178,13 @@ def _choose_first(faces: list[FaceLandmarks], face_index: int) -> FaceLandmarks 
     if not faces:
         return None
     if face_index >= len(faces):
-        found = f"{len(faces)} face" + ("" if len(faces) == 1 else "s")
+        if len(faces) == 1:
+            found, fix = "1 face", "leave `face_index` at 0, the default: there is only one face to pick"
+        else:
+            found = f"{len(faces)} faces"
+            fix = f"pick a face from 0 (the largest) to {len(faces) - 1} (the smallest) with `face_index`"
         raise InputError(
-            f"face {face_index} was asked for, but the first frame with faces has only {found}",
-            f"pick a face from 0 (the largest) to {len(faces) - 1} (the smallest) with `face_index`",
+            f"face {face_index} was asked for, but the first frame with faces has only {found}", fix
         )
     return _by_size(faces, face_index)
 

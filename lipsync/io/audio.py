@@ -10,11 +10,13 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipsync.config import AUDIO_SAMPLE_RATE, PCM16_FULL_SCALE
+from lipsync.config import AUDIO_SAMPLE_RATE, MAX_AUDIO_SECONDS, PCM16_FULL_SCALE
 from lipsync.errors import InputError
 from lipsync.io.files import require_file
 
 AUDIO_FIX = "Give a file with an audio track (e.g. .wav, .mp3, .m4a, or a video with sound)."
+LENGTH_FIX = f"Cut it into parts of at most {MAX_AUDIO_SECONDS} s (e.g. with ffmpeg -t) and dub each."
+MICROSECONDS = 1_000_000  # the unit of a container's duration
 _UNSIGNED_8BIT_ZERO = 128
 
 
@@ -34,7 +36,9 @@ class Audio:
 
 
 def load_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> Audio:
-    """Decode the first audio track, average its channels to mono and resample to `sample_rate`."""
+    """Decode the first audio track, average its channels to mono and resample to `sample_rate`.
+    A track longer than MAX_AUDIO_SECONDS is refused: from its header when that says so, else once
+    that much is decoded."""
     path = Path(path)
     require_file(path, "an audio file", AUDIO_FIX)
     try:
@@ -44,11 +48,15 @@ def load_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> Audio:
             stream = container.streams.audio[0]
             source_rate = stream.codec_context.sample_rate
             source_channels = stream.codec_context.channels
+            if container.duration is not None and container.duration > MAX_AUDIO_SECONDS * MICROSECONDS:
+                raise _too_long(path, f"its header says {container.duration / MICROSECONDS:.0f} s")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             source_samples = 0
             pieces: list[np.ndarray] = []
             for frame in container.decode(stream):
                 source_samples += frame.samples
+                if source_samples > MAX_AUDIO_SECONDS * (source_rate or frame.sample_rate):
+                    raise _too_long(path, f"it has more than {MAX_AUDIO_SECONDS} s")
                 pieces.extend(out.to_ndarray()[0] for out in resampler.resample(_mono_frame(frame)))
             pieces.extend(out.to_ndarray()[0] for out in resampler.resample(None))
     except av.error.FFmpegError as exc:
@@ -63,6 +71,10 @@ def load_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> Audio:
         source_sample_rate=source_rate,
         source_channels=source_channels,
     )
+
+
+def _too_long(path: Path, why: str) -> InputError:
+    return InputError(f"{path} is too long for lipsync: {why} (at most {MAX_AUDIO_SECONDS} s).", LENGTH_FIX)
 
 
 def _mono_frame(frame: av.AudioFrame) -> av.AudioFrame:

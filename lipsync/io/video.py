@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -16,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-from lipsync.config import DEFAULT_IMAGE_FPS
+from lipsync.config import DEFAULT_IMAGE_FPS, MAX_FRAME_PIXELS, MAX_VIDEO_FRAMES
 from lipsync.errors import InputError
 from lipsync.io.files import require_file
 
@@ -29,6 +30,11 @@ REVERSE_CHUNK_FRAMES = 16
 REVERSE_CHUNK_MAX_BYTES = 256 * 1024 * 1024
 
 VIDEO_FIX = "Give a readable video file (e.g. .mp4, .mov, .mkv) or an image (.png, .jpg)."
+SIZE_FIX = (
+    "Scale it down first (e.g. ffmpeg -i IN -vf scale=1920:-2 OUT): lipsync takes pictures of at most "
+    f"{MAX_FRAME_PIXELS:,} pixels."
+)
+LENGTH_FIX = f"Cut it into parts of at most {MAX_VIDEO_FRAMES:,} frames (e.g. with ffmpeg -t) and dub each."
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,10 @@ def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInf
             if not container.streams.video:
                 raise InputError(f"{path} has no video track.", VIDEO_FIX)
             stream = container.streams.video[0]
-            fps = _stream_fps(stream)
-            width, height = upright_size(container, stream)
+            if stream.frames > MAX_VIDEO_FRAMES:
+                raise _too_long(path, f"its header claims {stream.frames:,} frames")
+            fps = stream_fps(stream)
+            width, height = upright_size(container, stream, path)
         frame_index = _index_frames(path)
         frame_count = len(frame_index.pts)
     except av.error.FFmpegError as exc:
@@ -82,6 +90,26 @@ def probe_video(path: Path, image_fps: Fraction = DEFAULT_IMAGE_FPS) -> VideoInf
     if fps is None:
         raise InputError(f"{path} has no frame rate in its header.", "Re-encode it with a fixed frame rate.")
     return VideoInfo(path, fps, frame_count, width, height, is_image=False, frame_index=frame_index)
+
+
+def decodable_frames(path: Path) -> tuple[int, Fraction | None]:
+    """(how many frames of the video decode, from the first up to the first that does not; its header's
+    frame rate). A truncated file may list every frame in its index yet decode only part of them, or
+    none; every frame is decoded once. InputError when it is no video at all."""
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video track.", VIDEO_FIX)
+            stream = container.streams.video[0]
+            check_picture_size(path, stream.codec_context.width, stream.codec_context.height)
+            fps = stream_fps(stream)
+            for frame in _decodable(container, stream):
+                check_picture_size(path, frame.width, frame.height, decoded=True)
+                count += 1
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} is not a readable video ({exc}).", VIDEO_FIX) from exc
+    return count, fps
 
 
 def ping_pong_index(output_index: int, frame_count: int) -> int:
@@ -280,6 +308,8 @@ def _index_frames(path: Path) -> _FrameIndex:
         for packet in container.demux(stream):
             if packet.size == 0 or packet.is_discard:
                 continue
+            if len(pts) == MAX_VIDEO_FRAMES:
+                raise _too_long(path, f"it has more than {MAX_VIDEO_FRAMES:,} frames")
             pts.append(packet.pts)
             if packet.is_keyframe and packet.pts is not None:
                 keyframes.append(packet.pts)
@@ -291,7 +321,7 @@ def _index_frames(path: Path) -> _FrameIndex:
     return _FrameIndex(ordered, sorted(keyframes), seekable)
 
 
-def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
+def stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
             return Fraction(rate.numerator, rate.denominator)
@@ -313,6 +343,22 @@ def _decodable(
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame_to_rgb(frame)
+
+
+def check_picture_size(path: Path | None, width: int, height: int, *, decoded: bool = False) -> None:
+    """Raise InputError when a picture of width x height is over MAX_FRAME_PIXELS; `decoded`: the size
+    is that of a decoded frame, not one a header claims."""
+    if width * height > MAX_FRAME_PIXELS:
+        where = "a video frame" if path is None else str(path)
+        raise InputError(
+            f"{where} is {width}x{height}: {width * height:,} pixels, over the limit of "
+            f"{MAX_FRAME_PIXELS:,}" + ("." if decoded else "; it was not decoded."),
+            SIZE_FIX,
+        )
+
+
+def _too_long(path: Path, why: str) -> InputError:
+    return InputError(f"{path} is too long for lipsync: {why} (at most {MAX_VIDEO_FRAMES:,}).", LENGTH_FIX)
 
 
 DISPLAY_MATRIX_VALUES = 9  # a 3x3 int32 matrix; a, b, c, d (values 0, 1, 3, 4) in 16.16 fixed point
@@ -357,27 +403,62 @@ def upright(pixels: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
 
 def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """(H, W, 3) RGB uint8 pixels of a decoded frame, upright as players show it."""
+    check_picture_size(None, frame.width, frame.height, decoded=True)  # a stream may change size midway
     return upright(np.ascontiguousarray(frame.to_ndarray(format="rgb24")), display_matrix(frame))
 
 
 def upright_size(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path | None = None
 ) -> tuple[int, int]:
-    """(width, height) of the stream's frames once upright: swapped for a quarter turn."""
+    """(width, height) of the stream's frames once upright: swapped for a quarter turn. A size over
+    MAX_FRAME_PIXELS in the header raises InputError before any frame is decoded."""
     width, height = stream.codec_context.width, stream.codec_context.height
+    check_picture_size(path, width, height)
     first = next(container.decode(stream), None)
     if first is not None and quarter_turns(display_matrix(first)) % 2:
         return height, width
     return width, height
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) a still image's header claims, read without decoding its pixels; InputError when
+    the file is not an image or the size is over MAX_FRAME_PIXELS."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 M pixels; the limit here is lower and raised below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{path} claims a size of over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of "
+            f"{MAX_FRAME_PIXELS:,}; it was not decoded.",
+            SIZE_FIX,
+        ) from exc
+    except OSError as exc:
+        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):
+            raise InputError(f"{path} cannot be read ({exc}).", "Check the file's permissions.") from exc
+        raise InputError(f"{path} is not a readable image.", VIDEO_FIX) from exc
+    except (ValueError, SyntaxError) as exc:  # Pillow's word for some malformed headers
+        raise InputError(f"{path} is not a readable image.", VIDEO_FIX) from exc
+    check_picture_size(path, width, height)
+    return width, height
+
+
 def _read_image(path: Path) -> np.ndarray:
-    """RGB pixels of a still image, turned upright by its EXIF orientation (phone photos need it)."""
+    """RGB pixels of a still image, turned upright by its EXIF orientation (phone photos need it). Its
+    header is checked first: an image too large to hold is refused before it is decoded."""
+    image_size(path)
     try:
         encoded = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise InputError(f"{path} cannot be read ({exc}).", "Check the file's permissions.") from exc
-    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    try:
+        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    except cv2.error as exc:
+        raise InputError(f"{path} is not a readable image ({exc.msg}).", VIDEO_FIX) from exc
     if image is None:
         raise InputError(f"{path} is not a readable image.", VIDEO_FIX)
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))

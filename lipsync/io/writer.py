@@ -1,4 +1,4 @@
-"""Write RGB frames to an H.264 MP4, muxing in the audio of another file, atomically."""
+"""Write RGB frames to an H.264 MP4 (or MOV), muxing in the audio of another file, atomically."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Final
 import av
 import numpy as np
 
-from lipsync.config import OUTPUT_CRF
+from lipsync.config import OUTPUT_CRF, VIDEO_OUTPUT_FORMATS
 from lipsync.errors import InputError, OutputError
 from lipsync.io.audio import AUDIO_FIX
 from lipsync.io.files import process_alive, require_file
@@ -59,12 +59,15 @@ class VideoWriter:
         self.width, self.height = width, height
         self.frames_written = 0
         self._finished = False
-        check_output_path(self.path, {"audio": Path(audio_path)} if audio_path is not None else {})
+        check_video_output(self.path, {"audio": Path(audio_path)} if audio_path is not None else {})
         self._temp = _create_temp_file(self.path)
         self._audio: _AudioMuxer | None = None
         try:
             self._container = av.open(
-                str(self._temp), mode="w", format="mp4", options={"movflags": MP4_FLAGS}
+                str(self._temp),
+                mode="w",
+                format=VIDEO_OUTPUT_FORMATS[self.path.suffix.lower()],
+                options={"movflags": MP4_FLAGS},
             )
             self._container.metadata.update(metadata or {})
             self._video = self._add_video_stream(crf)
@@ -222,7 +225,9 @@ def check_output_path(path: Path, inputs: Mapping[str, Path]) -> None:
     Cheap: callers run it before any long work, so a typo in the output path costs nothing.
     """
     if path.is_dir():
-        raise OutputError(f"Output path {path} is a folder.", "Give a file name, e.g. out.mp4.")
+        raise OutputError(
+            f"Output path {path} is a folder.", f"Give a file name in it, e.g. {path / 'out.mp4'}."
+        )
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"Output folder {parent} does not exist.", f"Create it first: mkdir -p {parent}")
@@ -234,6 +239,24 @@ def check_output_path(path: Path, inputs: Mapping[str, Path]) -> None:
                 f"Output path {path} is the {role} input: the same file as {given}.",
                 "Write to a new file; lipsync never overwrites its inputs.",
             )
+
+
+def check_video_output(path: Path, inputs: Mapping[str, Path]) -> None:
+    """`check_output_path` for a video: its suffix must also name a container that is written
+    (VIDEO_OUTPUT_FORMATS), so that a file called x.avi is never an MP4 inside."""
+    check_output_path(path, inputs)
+    problem = video_suffix_problem(path)
+    if problem is not None:
+        raise OutputError(f"Output path {path}: {problem}.", f"Name it e.g. {path.with_suffix('.mp4').name}.")
+
+
+def video_suffix_problem(path: Path) -> str | None:
+    """Why lipsync cannot write a video under this file name's suffix, or None when it can."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_OUTPUT_FORMATS:
+        return None
+    given = f"the suffix {path.suffix}" if path.suffix else "no suffix"
+    return f"{given} names no container lipsync writes (it writes {', '.join(VIDEO_OUTPUT_FORMATS)})"
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -5,18 +5,23 @@
     report = run_batch(pipe, tasks)  # done / skipped / failed per task; one failure stops nothing
     report.write(default_report_path("catalogue.yaml"))
 
-A task whose output is already there (a readable video) is skipped, so a stopped batch resumes where it
-stopped; nothing the user gave is deleted or overwritten, except a present output when `force` is asked.
+A task whose output is already there, decoding to every frame the task makes, is skipped, so a stopped
+batch resumes where it stopped; a present output that is cut short (its tail does not decode) is dubbed
+again. Nothing else the user gave is deleted or overwritten, except a present output when `force` is
+asked. Each task holds a lock beside its output while it runs (`.NAME.lock`), so that two runs of one task
+file never dub the same task: the second skips it and says which process has it.
 Under `accelerate launch` (or torchrun) every process takes its share of the tasks (task i when
 (i - 1) % world_size == rank) and the results are gathered, so the main process writes one report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from fractions import Fraction
@@ -68,6 +73,7 @@ class TaskResult:
     error: str | None = None
     rank: int = 0
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    note: str | None = None  # why a task was skipped or redone, when that is not the usual reason
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,7 @@ class TaskResult:
             "frames": self.frames,
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "note": self.note,
             "rank": self.rank,
         }
 
@@ -115,8 +122,8 @@ class BatchReport:
         return path
 
     def table(self) -> str:
-        """A summary table: task, output, status, frames, seconds, error (its first line)."""
-        header = ("task", "output", "status", "frames", "seconds", "error")
+        """A summary table: task, output, status, frames, seconds, error (its first line) or note."""
+        header = ("task", "output", "status", "frames", "seconds", "error or note")
         rows = [
             (
                 str(r.index),
@@ -124,7 +131,7 @@ class BatchReport:
                 r.status,
                 str(r.frames),
                 f"{r.seconds:.1f}",
-                r.error.splitlines()[0] if r.error else "",
+                r.error.splitlines()[0] if r.error else r.note or "",
             )
             for r in self.results
         ]
@@ -230,14 +237,19 @@ def run_task(
     rank: int = 0,
     progress: bool = False,
 ) -> TaskResult:
-    """Dub one task, or skip it when its output is already there; an error of the task (its inputs, its
-    output, its options) is returned as a failure, one loading the model is raised."""
-    from lipsync.pipeline.dub import DubPipeline
-
+    """Dub one task, or skip it when its output is already there in full (or another run holds its lock);
+    an error of the task (its inputs, its output, its options) is returned as a failure, one loading the
+    model is raised."""
     started = time.perf_counter()
 
-    def result(status: TaskStatus, frames: int = 0, error: str | None = None) -> TaskResult:
-        seconds = time.perf_counter() - started
+    def result(
+        status: TaskStatus,
+        frames: int = 0,
+        error: str | None = None,
+        note: str | None = None,
+        seconds_left_out: float = 0.0,
+    ) -> TaskResult:
+        seconds = time.perf_counter() - started - seconds_left_out
         return TaskResult(
             task.index,
             task.video,
@@ -249,25 +261,60 @@ def run_task(
             error,
             rank,
             task.options,
+            note,
         )
 
-    if os.path.lexists(task.output):
-        present = present_video_frames(task.output)
-        if present is None:
+    with output_lock(task.output) as holder:
+        if holder is not None:
             return result(
-                "failed",
-                error=f"{task.output} is already there but is not a readable video; it was left untouched\n"
-                "  fix: move or remove it yourself if it is not needed, then run again",
+                "skipped",
+                note=f"another run{f' (process {holder})' if holder else ''} is dubbing this output; "
+                "that run reports on it",
             )
-        if not force:
-            return result("skipped", present)
+        note = None
+        if os.path.lexists(task.output):
+            if task.output.is_dir():
+                return result(
+                    "failed",
+                    error=f"the output {task.output} is a folder, not a video file\n"
+                    f"  fix: give the task a file name in it, e.g. {task.output / 'out.mp4'}",
+                )
+            present = present_video_frames(task.output)
+            if present is None and not force and _has_video_track(task.output):
+                present = 0  # a video cut short before its first whole frame: dubbed again below
+            if present is None:
+                return result(
+                    "failed",
+                    error=f"{task.output} is already there but is not a readable video; it was left "
+                    "untouched\n  fix: move or remove it yourself if it is not needed, then run again",
+                )
+            if not force:
+                decoded, expected = _complete_frames(task, present)
+                if decoded == expected:
+                    return result("skipped", decoded)
+                note = (
+                    f"the present output decodes to {decoded} of the {expected} frames this task makes: "
+                    "dubbed again"
+                )
+        return _dub(pipeline, task, progress, result, note)
+
+
+def _dub(
+    pipeline: PipelineSource,
+    task: BatchTask,
+    progress: bool,
+    result: Callable[..., TaskResult],
+    note: str | None,
+) -> TaskResult:
+    from lipsync.pipeline.dub import DubPipeline
+
     try:  # the cheap checks first: a task whose inputs are missing needs no model
         _check_paths(task)
     except LipsyncError as exc:
         return result("failed", error=str(exc))
     loading = time.perf_counter()
     base = _pipeline(pipeline)
-    started += time.perf_counter() - loading  # a task's seconds leave out the one model load
+    loaded = time.perf_counter() - loading  # a task's seconds leave out the one model load
     try:
         settings = base.settings.with_options(**task.options)
         summary = DubPipeline(base.generator, settings)(
@@ -277,8 +324,93 @@ def run_task(
         stop = _interruption(exc)
         if stop is not None:
             raise stop from None
-        return result("failed", error=_describe(exc))
-    return result("done", summary.frames)
+        return result("failed", error=_describe(exc), seconds_left_out=loaded)
+    return result("done", summary.frames, note=note, seconds_left_out=loaded)
+
+
+LOCK_SUFFIX = ".lock"
+LOCK_FILE_MODE = 0o644
+PID_BYTES = 32
+
+
+def lock_path(output: Path) -> Path:
+    """`.NAME.lock` beside the output: held while a run works on that output."""
+    return output.with_name(f".{output.name}{LOCK_SUFFIX}")
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[int | None]:
+    """Hold the output's lock for the block and yield None; or, when another process holds it, yield
+    that process's id (0 if unknown) without waiting. The lock is an flock on `lock_path(output)`, so the
+    system releases it when its process dies (a killed run's lock file is taken over, not obeyed). Where
+    no lock file can be made (a missing or read-only folder) the block runs unlocked: the task's own
+    checks then say what is wrong with the folder."""
+    path = lock_path(output)
+    fd, holder = _take_lock(path)
+    if fd is None:
+        yield holder
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # before the unlock: whoever opened this file then sees it is gone, and retries
+        os.close(fd)
+
+
+def _take_lock(path: Path) -> tuple[int | None, int | None]:
+    """(the locked file's descriptor, None), or (None, the holder's process id or 0) when another process
+    holds it, or (None, None) when no lock file can be made or locked."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+        except OSError:
+            return None, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, PID_BYTES).decode(errors="replace").strip()
+            os.close(fd)
+            return None, int(holder) if holder.isdigit() else 0
+        except OSError:  # a file system without locks
+            os.close(fd)
+            return None, None
+        try:  # the holder before us may have removed the file after we opened it: retry on a new one
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, None
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _complete_frames(task: BatchTask, present: int) -> tuple[int, int]:
+    """(frames the present output decodes to, frames the task makes: one per frame period of its audio
+    at the output's rate; the frames the output's index lists when the audio cannot be read)."""
+    from lipsync.io.audio import frame_count_for_audio, load_audio
+    from lipsync.io.video import decodable_frames
+
+    try:
+        decoded, fps = decodable_frames(task.output)
+    except LipsyncError:
+        decoded, fps = 0, None
+    expected = present
+    if fps is not None:
+        with contextlib.suppress(LipsyncError):
+            expected = frame_count_for_audio(load_audio(task.audio).duration, fps)
+    return decoded, max(expected, 1)
+
+
+def _has_video_track(path: Path) -> bool:
+    """True when `path` opens as a media container with a video track (a video, if a damaged one)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.video)
+    except av.error.FFmpegError:
+        return False
 
 
 def _check_paths(task: BatchTask) -> None:
@@ -286,11 +418,11 @@ def _check_paths(task: BatchTask) -> None:
     from lipsync.io.audio import AUDIO_FIX
     from lipsync.io.files import require_file
     from lipsync.io.video import VIDEO_FIX
-    from lipsync.io.writer import check_output_path
+    from lipsync.io.writer import check_video_output
 
     require_file(task.video, "a video or photo", VIDEO_FIX)
     require_file(task.audio, "an audio file", AUDIO_FIX)
-    check_output_path(task.output, {"video": task.video, "audio": task.audio})
+    check_video_output(task.output, {"video": task.video, "audio": task.audio})
 
 
 def _pipeline(source: PipelineSource) -> DubPipeline:

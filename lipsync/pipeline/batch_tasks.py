@@ -307,6 +307,8 @@ def _option_name_problem(name: str) -> str | None:
 def _task(
     index: int, entry: _Entry, base: Path, common: Mapping[str, Any], problems: list[str]
 ) -> BatchTask | None:
+    from lipsync.io.writer import video_suffix_problem
+
     paths: dict[str, Path] = {}
     for key in BATCH_PATH_KEYS:
         value = entry.values.get(key)
@@ -319,6 +321,8 @@ def _task(
             problems.append(f"{entry.where}: output {value.strip()} names a folder; give a file name in it")
         else:
             paths[key] = base / Path(value.strip()).expanduser()
+            if key == "output" and (suffix_problem := video_suffix_problem(paths[key])) is not None:
+                problems.append(f"{entry.where}: output {value.strip()}: {suffix_problem}")
     options = {**common, **_options(entry, problems, skip=BATCH_PATH_KEYS)}
     if len(paths) < len(BATCH_PATH_KEYS):
         return None

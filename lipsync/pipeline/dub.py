@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from lipsync.config import (
     AUDIO_SAMPLE_RATE,
+    MAX_VIDEO_FRAMES,
     DeviceChoice,
     DtypeChoice,
     DubSettings,
@@ -34,7 +35,7 @@ from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.face.track import NO_BOX, BoxRule, FaceTrack, track_face
 from lipsync.io.audio import Audio, frame_count_for_audio, frame_start_sample, load_audio, to_pcm16
 from lipsync.io.video import FrameReader, VideoInfo, ping_pong_index, probe_video
-from lipsync.io.writer import VideoWriter, check_output_path, output_file
+from lipsync.io.writer import VideoWriter, check_video_output, output_file
 from lipsync.models.families import load_generator
 from lipsync.models.generator import Generator
 from lipsync.pipeline.render import (
@@ -160,7 +161,7 @@ class DubPipeline:
         started = time.perf_counter()
         source, audio_path, output = Path(source), Path(audio), output_file(output)
         times = generator_times(self.generator)
-        check_output_path(output, {"video": source, "audio": audio_path})
+        check_video_output(output, {"video": source, "audio": audio_path})
         plan = self._plan(source, audio_path, max_frames)
         counts = _Counts()
         info = plan.info
@@ -204,6 +205,12 @@ class DubPipeline:
         total = frame_count_for_audio(audio.duration, info.fps)
         if max_frames is not None:
             total = min(total, max_frames)
+        if total > MAX_VIDEO_FRAMES:  # a frame rate the header may make up, times the audio's length
+            raise InputError(
+                f"{audio_path} lasts {audio.duration_s:.1f} s: at {float(info.fps):.2f} fps, that is "
+                f"{total:,} frames, over the limit of {MAX_VIDEO_FRAMES:,}",
+                "give a shorter speech track, or a video or --image-fps with a lower frame rate",
+            )
         if total == 0:
             raise InputError(
                 f"{audio_path} lasts {audio.duration_s:.3f} s: "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lipsync.config import DubSettings, FaceSettings, RuntimeSettings
-from lipsync.errors import NoFaceError
+from lipsync.errors import NoFaceError, OutputError
 from lipsync.io.video import probe_video
 from lipsync.io.writer import VideoWriter
 from lipsync.models.generator import Generator
@@ -169,3 +169,17 @@ def _set_format_version(folder: Path, version: int) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format_version"] = version
     (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_speaking_into_a_container_that_is_not_written_is_refused_before_any_work(
+    tiny_generator: Generator, tiny_avatars: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    avatar = AvatarStore(tiny_avatars[0]).load(tiny_avatars[1])
+    loaded: list[Path] = []
+    monkeypatch.setattr("lipsync.pipeline.speak.load_audio", lambda path, rate: loaded.append(path))
+    with pytest.raises(OutputError, match=r"the suffix \.avi names no container lipsync writes") as caught:
+        SpeakPipeline(tiny_generator)(
+            avatar, media("speech_44k_stereo.wav"), tmp_path / "x.avi", progress=False
+        )
+    assert caught.value.fix == "Name it e.g. x.mp4."
+    assert loaded == [] and list(tmp_path.iterdir()) == []

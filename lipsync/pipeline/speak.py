@@ -17,7 +17,7 @@ from tqdm import tqdm
 from lipsync.config import AUDIO_SAMPLE_RATE, DubSettings
 from lipsync.errors import InputError
 from lipsync.io.audio import Audio, frame_count_for_audio, load_audio
-from lipsync.io.writer import VideoWriter, check_output_path, output_file
+from lipsync.io.writer import VideoWriter, check_video_output, output_file
 from lipsync.models.generator import Generator
 from lipsync.pipeline.avatar import Avatar
 from lipsync.pipeline.dub import UNTRAINED_LABEL, DubSummary, mouth_strengths
@@ -69,7 +69,7 @@ class SpeakPipeline:
         """Write `output` (.mp4): `avatar` saying the speech in `audio`; return the summary."""
         started = time.perf_counter()
         audio_path, output = Path(audio), output_file(output)
-        check_output_path(output, {"audio": audio_path, "avatar source": avatar.info.source})
+        check_video_output(output, {"audio": audio_path, "avatar source": avatar.info.source})
         speech = load_audio(audio_path, AUDIO_SAMPLE_RATE)
         total = frame_count_for_audio(speech.duration, avatar.fps)
         if total == 0:

@@ -1,4 +1,5 @@
-"""`lipsync data prepare`: turn a folder of talking-face videos into a training dataset."""
+"""`lipsync data prepare`: turn a folder of talking-face videos into a training dataset.
+`lipsync data synth`: write a controlled-sync test corpus for it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def positive_float(text: str) -> float:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="prepare training data")
+    data = commands.add_parser("data", help="prepare training data, or synthesise a sync test corpus")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     prepare = data_commands.add_parser(
         "prepare",
@@ -58,10 +59,65 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="MuseTalk weights folder: also compute the whisper features of every clip (whisper.npy)",
     )
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _register_synth(data_commands)
+
+
+def _register_synth(data_commands: argparse._SubParsersAction) -> None:
+    synth = data_commands.add_parser(
+        "synth",
+        help="synthesise a controlled-sync test corpus: faces whose mouth opening is a known function of "
+        "the audio",
+        description="Write talking-face clips that `data prepare` reads (OUT/<person>/clip_NNNN.mp4, 25 fps) "
+        "and, beside each, the mouth opening of every frame (clip_NNNN.opening.npy, in [0, 1]), a fixed "
+        "function of that frame's audio. A test of whether a training setup can learn sync, not training "
+        "data for real use. The same arguments give the same clips.",
+    )
+    synth.add_argument(
+        "out", type=Path, metavar="OUT", help="corpus folder (new, empty, or replaced with --force)"
+    )
+    synth.add_argument(
+        "--faces",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="VIDEO_OR_PHOTO",
+        help="one per person (the file name names the person); its frame with the most closed mouth is used",
+    )
+    synth.add_argument(
+        "--speech",
+        type=Path,
+        default=None,
+        metavar="AUDIO_DIR",
+        help="a folder of recordings to speak (cut into pieces of at most 10 s); default: eSpeak NG speech",
+    )
+    synth.add_argument(
+        "--minutes", type=positive_float, default=2.0, help="total length of speech, at most (default 2)"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--force", action="store_true", help="replace OUT whole if it exists and is not empty")
+    synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        return _synth(args)
     return _prepare(args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from lipsync.train.data.synth import synth_corpus
+
+    report = synth_corpus(
+        args.out,
+        args.faces,
+        args.speech,
+        minutes=args.minutes,
+        seed=args.seed,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(report.format())
+    return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:

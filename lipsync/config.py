@@ -199,6 +199,8 @@ def default_avatars_dir() -> Path:
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_ENV = "LIPSYNC_TOKEN"  # the server's token, when --token is not given
+# An uploaded file's name (its stem names a dub's output, which must fit a file system's 255-byte names)
+UPLOAD_NAME_MAX_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,9 @@ class ServerSettings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     token: str | None = None  # required on every request when bound to anything but loopback
+    # Host names (besides loopback ones) the server answers to and whose pages may call it: a reverse
+    # proxy's public name, say (`serve --allow-host NAME`)
+    allowed_hosts: tuple[str, ...] = ()
     max_sessions: int = 4  # concurrent WebSocket sessions
     max_message_bytes: int = 1 << 20  # one audio message: 1 MiB = 32 s of 16-bit PCM
     max_pending_audio_seconds: float = 60.0  # audio received but not yet turned into frames
@@ -218,6 +223,8 @@ class ServerSettings:
     max_upload_bytes: int = 200 * 1024 * 1024  # one uploaded video or photo
     max_upload_total_bytes: int = 1024 * 1024 * 1024  # all uploads on disk at once (held or being used)
     upload_ttl_seconds: float = 600.0  # an upload no job has used is removed after this long
+    upload_idle_seconds: float = 30.0  # an upload that sends no bytes for this long is dropped
+    upload_max_seconds: float = 1800.0  # and one that takes longer than this in all
     max_jobs: int = 100  # prepare jobs queued or running at once
     job_ttl_seconds: float = 3600.0  # a finished job is forgotten after this long
 

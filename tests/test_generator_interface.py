@@ -275,7 +275,7 @@ def test_a_toy_server_session(toy: ToyGenerator, toy_store: AvatarStore) -> None
     samples = short_speech().samples[:AUDIO_SAMPLE_RATE]
     try:
         client = TestClient(create_app(engine, settings))
-        with client.websocket_connect("/ws/toy") as ws:
+        with client.websocket_connect("ws://127.0.0.1/ws/toy") as ws:
             ready: dict[str, Any] = ws.receive_json()
             assert ready["type"] == "ready" and ready["untrained"] is True
             ws.send_bytes(float_to_pcm(samples))

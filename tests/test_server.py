@@ -38,6 +38,23 @@ from lipsync.server.run import check_bind, is_loopback
 from conftest import media, still_photo
 
 TOKEN = "s3cret-token"
+LOOPBACK_URL = "http://127.0.0.1:8765"  # without a token, the server answers loopback Hosts only
+
+
+def loopback_client(app: Any) -> Any:
+    """A TestClient whose requests and WebSockets go to 127.0.0.1 (the default "testserver" is refused)."""
+    from urllib.parse import urljoin
+
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app, base_url=LOOPBACK_URL)
+    connect = client.websocket_connect
+    client.websocket_connect = lambda url, *args, **kwargs: connect(  # type: ignore[method-assign]
+        urljoin(LOOPBACK_URL.replace("http", "ws", 1), url), *args, **kwargs
+    )
+    return client
+
+
 DEADLINE_S = 20.0
 STREAM_THREAD_PREFIX = "lipsync-stream-"
 
@@ -338,8 +355,6 @@ Server = tuple[Any, Any]  # (TestClient, ServerEngine)
 @pytest.fixture
 def make_server(engine_parts: tuple[Any, Any, str]) -> Iterator[Callable[..., Server]]:
     """make_server(**ServerSettings overrides) -> (TestClient, ServerEngine); engines are closed after."""
-    from fastapi.testclient import TestClient
-
     from lipsync.server.app import create_app
     from lipsync.server.engine import ServerEngine
 
@@ -350,7 +365,7 @@ def make_server(engine_parts: tuple[Any, Any, str]) -> Iterator[Callable[..., Se
         settings = replace(ServerSettings(), **overrides)
         engine = ServerEngine(models, store, settings)
         engines.append(engine)
-        return TestClient(create_app(engine, settings)), engine
+        return loopback_client(create_app(engine, settings)), engine
 
     yield make
     for engine in engines:
@@ -445,8 +460,6 @@ def test_page_is_served_without_a_token(make_server: Callable[..., Server]) -> N
 @pytest.fixture
 def fresh_server(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Like make_server, with an empty avatar store of its own (new avatars stay out of the shared one)."""
-    from fastapi.testclient import TestClient
-
     from lipsync.pipeline.avatar import AvatarStore
     from lipsync.server.app import create_app
     from lipsync.server.engine import ServerEngine
@@ -457,7 +470,7 @@ def fresh_server(engine_parts: tuple[Any, Any, str], tmp_path: Path) -> Iterator
         settings = replace(ServerSettings(), **overrides)
         engine = ServerEngine(engine_parts[0], AvatarStore(tmp_path / "avatars"), settings)
         engines.append(engine)
-        return TestClient(create_app(engine, settings)), engine
+        return loopback_client(create_app(engine, settings)), engine
 
     yield make
     for engine in engines:

@@ -19,6 +19,7 @@ from lipsync.server.protocol import decode_jpeg
 from conftest import media, still_photo, write_clip, write_wav
 
 TOKEN = "dub-page-token"
+LOOPBACK_URL = "http://127.0.0.1:8765"  # without a token, the server answers loopback Hosts only
 OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 DEADLINE_S = 120.0
 SPEECH_SECONDS = 0.6  # 15 frames at 25 fps: a dub job of a moment
@@ -42,7 +43,7 @@ def dub_server(tiny_generator: Any, tmp_path: Path) -> Iterator[Callable[..., Se
         settings = replace(ServerSettings(), **overrides)
         engine = ServerEngine(tiny_generator, AvatarStore(tmp_path / "avatars"), settings)
         engines.append(engine)
-        return TestClient(create_app(engine, settings)), engine
+        return TestClient(create_app(engine, settings), base_url=LOOPBACK_URL), engine
 
     yield make
     for engine in engines:

@@ -26,6 +26,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="secret clients must send (Authorization: Bearer TOKEN, or ?token= on the WebSocket); "
         f"default ${TOKEN_ENV}; required unless bound to loopback",
     )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the server answers to besides 127.0.0.1, localhost and [::1], and whose pages "
+        "may call it: a reverse proxy's public name, say (repeatable)",
+    )
     add_model_options(serve, batch=False)
     add_avatars_option(serve)
     serve.add_argument(
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         token=args.token or None,
+        allowed_hosts=tuple(args.allow_host),
         max_sessions=args.max_sessions,
         media_dir=args.media,
     )

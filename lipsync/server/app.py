@@ -8,11 +8,12 @@ always closed, whichever way the socket ends.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,7 @@ from lipsync.config import AUDIO_SAMPLE_RATE, ServerSettings, SilenceMode
 from lipsync.errors import LipsyncError
 from lipsync.pipeline.avatar import AvatarInfo
 from lipsync.pipeline.avatar_store import check_name
+from lipsync.pipeline.preview import FacePreview
 from lipsync.pipeline.stream import StreamFrame, StreamSession
 from lipsync.server.engine import (
     DubRequest,
@@ -41,6 +43,7 @@ from lipsync.server.engine import (
     TooManySessions,
     UnknownJob,
 )
+from lipsync.server.hosts import HostGuard, HostRules
 from lipsync.server.protocol import (
     CloseCode,
     ErrorMessage,
@@ -52,7 +55,14 @@ from lipsync.server.protocol import (
     parse_control,
     pcm_to_float,
 )
-from lipsync.server.uploads import UploadTooBig, media_files, media_source, remove
+from lipsync.server.uploads import (
+    UploadTimeout,
+    UploadTooBig,
+    UploadTypeRefused,
+    check_upload_type,
+    media_files,
+    media_source,
+)
 
 log = logging.getLogger(__name__)
 SessionLoop = Callable[[WebSocket, StreamSession, ServerSettings], Awaitable[ErrorMessage | None]]
@@ -77,6 +87,8 @@ ERROR_STATUS: dict[type[LipsyncError], int] = {
     UnknownJob: 404,
     JobConflict: 409,
     UploadTooBig: 413,
+    UploadTypeRefused: 415,
+    UploadTimeout: 408,
     TooManySessions: 429,
     TooManyJobs: 429,
 }
@@ -196,8 +208,9 @@ def _unauthorized() -> ApiError:
 
 def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="lipsync", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(HostGuard, rules=HostRules(settings.token, settings.allowed_hosts))
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:  # async: no worker thread per request
         if not token_matches(settings.token, bearer_token(request.headers.get("authorization"))):
             raise _unauthorized()
 
@@ -246,6 +259,7 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
 
     @api.post("/uploads", status_code=201)
     async def upload(request: Request, name: str | None = None) -> dict[str, Any]:
+        check_upload_type(request.headers.get("content-type"))
         limit = settings.max_upload_bytes
         too_big = UploadTooBig(
             f"the upload is over the limit of {limit} bytes",
@@ -254,25 +268,20 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_big
-        upload_id, partial = engine.uploads.begin(name)
-        room = settings.max_upload_total_bytes - engine.uploads.bytes_on_disk()
-        full = UploadTooBig(
-            f"the server's uploads would pass their limit of {settings.max_upload_total_bytes} bytes on disk",
-            "wait until the queued prepare jobs have used their uploads, then send it again",
-        )
+        # Without a Content-Length the upload may grow to the limit: that much room is held for it.
+        reserved = int(declared) if declared is not None and declared.isdigit() else limit
+        upload_id, partial = engine.uploads.begin(name, reserved, settings.max_upload_total_bytes)
         size = 0
         try:
             with partial.open("xb") as file:
-                async for chunk in request.stream():
+                async for chunk in _timed_body(request, settings):
                     size += len(chunk)
-                    if size > limit:
+                    if size > reserved:
                         raise too_big
-                    if size > room:
-                        raise full
                     file.write(chunk)
             engine.uploads.finish(upload_id, partial, name)
         finally:
-            remove(partial)  # gone already when finished
+            engine.uploads.abandon(upload_id, partial)  # nothing left to do when finished
         return {"upload": upload_id}
 
     @api.get("/jobs/{job_id}")
@@ -285,14 +294,7 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
         return FileResponse(output, media_type="video/mp4", filename=output.name)
 
     async def media_input(path: str | None, upload: str | None, role: str) -> MediaInput:
-        if (path is None) == (upload is None):
-            raise ApiError(
-                400,
-                f"the {role} needs exactly one of '{role}' (a path in the media folder) and "
-                f"'{role}_upload' (an upload id)",
-                f'send {{"{role}": "PATH/IN/MEDIA/FOLDER"}} or {{"{role}_upload": "<id from POST '
-                '/api/uploads>"}',
-            )
+        _exactly_one(path, upload, role)
         if path is not None:
             return MediaInput(path=await anyio.to_thread.run_sync(media_source, settings.media_dir, path))
         return MediaInput(upload=upload)
@@ -319,9 +321,14 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
 
     @api.post("/preview")
     async def preview(body: PreviewBody) -> dict[str, Any]:
-        source = await media_input(body.source, body.upload, "source")
-        found = await anyio.to_thread.run_sync(engine.preview, source, body.options())
-        jpeg = await anyio.to_thread.run_sync(encode_jpeg, found.image, PREVIEW_JPEG_QUALITY)
+        _exactly_one(body.source, body.upload, "source")
+
+        def make() -> tuple[FacePreview, bytes]:
+            path = None if body.source is None else media_source(settings.media_dir, body.source)
+            found = engine.preview(MediaInput(path, body.upload), body.options())
+            return found, encode_jpeg(found.image, PREVIEW_JPEG_QUALITY)
+
+        found, jpeg = await asyncio.wrap_future(engine.in_preview_thread(make))
         box = found.box
         return {
             "image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"),
@@ -379,6 +386,39 @@ def create_app(engine: ServerEngine, settings: ServerSettings) -> FastAPI:
     return app
 
 
+async def _timed_body(request: Request, settings: ServerSettings) -> AsyncIterator[bytes]:
+    """The request body's chunks, or UploadTimeout once none came for `upload_idle_seconds` or the whole
+    body took over `upload_max_seconds`: a client that stalls must not hold a connection and a file."""
+    chunks = request.stream()
+    deadline = time.monotonic() + settings.upload_max_seconds
+    while True:
+        left = deadline - time.monotonic()
+        with anyio.move_on_after(max(0.0, min(settings.upload_idle_seconds, left))) as waited:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+        if waited.cancelled_caught:
+            if left <= settings.upload_idle_seconds:
+                problem = f"the upload took over {settings.upload_max_seconds:g} s"
+            else:
+                problem = f"the upload sent no bytes for {settings.upload_idle_seconds:g} s"
+            raise UploadTimeout(f"{problem}; it was dropped", "send the file again over a steady connection")
+        yield chunk
+
+
+def _exactly_one(path: str | None, upload: str | None, role: str) -> None:
+    if (path is None) == (upload is None):
+        upload_field = "upload" if role == "source" else f"{role}_upload"
+        raise ApiError(
+            400,
+            f"the {role} needs exactly one of '{role}' (a path in the media folder) and "
+            f"'{upload_field}' (an upload id)",
+            f'send {{"{role}": "PATH/IN/MEDIA/FOLDER"}} or {{"{upload_field}": "<id from POST '
+            '/api/uploads>"}',
+        )
+
+
 def _as_json(item: Any) -> dict[str, Any]:
     fields: dict[str, Any] = asdict(item)
     return fields
@@ -386,6 +426,12 @@ def _as_json(item: Any) -> dict[str, Any]:
 
 def _error_response(status: int, problem: str, fix: str) -> JSONResponse:
     return JSONResponse({"error": problem, "fix": fix}, status_code=status)
+
+
+def _internal_error(error: Exception) -> ErrorMessage:
+    return ErrorMessage(
+        f"internal error: {type(error).__name__}: {error}", "report this as a bug", CloseCode.INTERNAL_ERROR
+    )
 
 
 async def _close(websocket: WebSocket, message: ErrorMessage) -> None:
@@ -412,8 +458,16 @@ async def _live_session(
     except LipsyncError as error:
         await _close(websocket, ErrorMessage.from_error(error, CloseCode.UNKNOWN_AVATAR))
         return
-    with anyio.CancelScope(shield=True):  # a session, once made, must reach the `finally` below
-        session = await anyio.to_thread.run_sync(engine.open_stream, avatar, settings)
+    try:
+        with anyio.CancelScope(shield=True):  # a session, once made, must reach the `finally` below
+            session = await anyio.to_thread.run_sync(engine.open_stream, avatar, settings)
+    except LipsyncError as error:
+        await _close(websocket, ErrorMessage.from_error(error, CloseCode.UNKNOWN_AVATAR))
+        return
+    except Exception as error:  # a bug: end this session with a reason, not the server
+        log.exception("live session could not start")
+        await _close(websocket, _internal_error(error))
+        return
     try:
         ready = ReadyMessage.create(
             name, session.fps, session.width, session.height, engine.generator.untrained
@@ -451,13 +505,7 @@ async def _run_loops(
                 pass
             except Exception as error:  # a bug: end this session, not the server
                 log.exception("live session failed")
-                problems.append(
-                    ErrorMessage(
-                        f"internal error: {type(error).__name__}: {error}",
-                        "report this as a bug",
-                        CloseCode.INTERNAL_ERROR,
-                    )
-                )
+                problems.append(_internal_error(error))
             finally:
                 ended()
                 group.cancel_scope.cancel()

@@ -6,24 +6,33 @@ Thread-safe: the event loop, the worker threads of the stream sessions and the o
 from __future__ import annotations
 
 import queue
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from lipsync.config import DubSettings, FaceSettings, RuntimeSettings, ServerSettings, StreamSettings
+from lipsync.config import (
+    BATCH_OPTION_MINIMUMS,
+    DubSettings,
+    FaceSettings,
+    RuntimeSettings,
+    ServerSettings,
+    StreamSettings,
+)
 from lipsync.errors import LipsyncError
 from lipsync.models.device import dtype_label
 from lipsync.models.families import load_generator
 from lipsync.models.generator import Generator
-from lipsync.pipeline.avatar import Avatar, AvatarInfo, AvatarStore, prepare_avatar
+from lipsync.pipeline.avatar import Avatar, AvatarError, AvatarInfo, AvatarStore, prepare_avatar
 from lipsync.pipeline.avatar_store import MANIFEST_NAME
 from lipsync.pipeline.dub import DubPipeline
 from lipsync.pipeline.preview import FacePreview, preview_first_frame
@@ -34,10 +43,12 @@ from lipsync.server.uploads import UploadStore, remove
 JobState = Literal["queued", "running", "done", "failed"]
 JobKind = Literal["prepare", "dub"]
 PREPARE_THREAD_NAME = "lipsync-prepare"  # the one worker thread that runs every job, in order
+PREVIEW_THREAD_NAME = "lipsync-preview"  # the one worker thread that makes every preview, in order
 RESULTS_DIR_PREFIX = "lipsync-results-"
 DUB_OUTPUT_SUFFIX = "-lipsync.mp4"
 # What a dub job may change per request; the model, device and dtype are the server's.
 DUB_OPTIONS = frozenset({"bbox_shift", "extra_margin", "face_index", "silence"})
+T = TypeVar("T")
 
 
 class TooManySessions(LipsyncError):
@@ -121,6 +132,7 @@ class _Job:
     progress: float = 0.0
     error: str | None = None
     finished: float | None = None  # time.monotonic() when it ended (done or failed)
+    shown: dict[str, str] = field(default_factory=dict)  # server path -> the name the client knows it by
 
     def snapshot(self) -> JobStatus:
         result = self.output.name if self.output is not None and self.status == "done" else None
@@ -171,6 +183,8 @@ class ServerEngine:
         self._closed = False
         self._results: Path | None = None  # dub outputs, one folder per job
         self.uploads = UploadStore(settings.upload_ttl_seconds)
+        # One thread makes every preview: requests made at once wait in its queue, not in threads of their own
+        self._previews = ThreadPoolExecutor(1, thread_name_prefix=PREVIEW_THREAD_NAME)
 
     @classmethod
     def from_pretrained(
@@ -200,11 +214,24 @@ class ServerEngine:
         )
 
     def list_avatars(self) -> list[AvatarInfo]:
-        return self.store.list()
+        """The store's avatars; one prepared for another model family has `problem` set (it cannot speak)."""
+        return [
+            replace(info, problem=self._other_family(info.family))
+            if info.problem is None and info.family and info.family != self.generator.family
+            else info
+            for info in self.store.list()
+        ]
+
+    def _other_family(self, family: str) -> str:
+        return (
+            f"it was prepared for the {family} model family, and this server runs {self.generator.family}: "
+            'prepare it again on this server (POST /api/avatars with "force": true)'
+        )
 
     def load_avatar(self, name: str) -> Avatar:
         """The avatar from the cache, or loaded (and verified) from the store; blocking, so call it from a
         worker thread. A cached avatar whose manifest changed on disk (prepared again elsewhere) is reloaded.
+        An avatar prepared for another model family raises AvatarError: this server's model cannot use it.
         """
         stamp = self._manifest_stamp(name)
         with self._load_lock:
@@ -212,6 +239,13 @@ class ServerEngine:
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             avatar = self.store.load(name)
+            if avatar.family != self.generator.family:
+                raise AvatarError(
+                    f"avatar {name!r} cannot speak here: {self._other_family(avatar.family)}",
+                    f'prepare it again: POST /api/avatars {{"name": "{name}", "source": "VIDEO", '
+                    f'"force": true}} (or `lipsync avatar prepare VIDEO --name {name} --force` with this '
+                    f"server's weights), or start the server with weights of the {avatar.family} family",
+                )
             self._avatars[name] = (stamp, avatar)
             return avatar
 
@@ -272,13 +306,54 @@ class ServerEngine:
     # --- first-frame preview --------------------------------------------------------------------
 
     def preview(self, media: MediaInput, options: dict[str, Any]) -> FacePreview:
-        """The first-frame preview of a media path or an (unused, kept) upload; blocking, one at a time."""
+        """The first-frame preview of a media path or an (unused, kept) upload; blocking, one at a time.
+        Errors name the file as the client knows it, never by its path on the server."""
         settings = self.dub_settings(options)
-        source = media.path if media.upload is None else self.uploads.peek(media.upload)
-        if source is None:
-            raise LipsyncError("a preview needs a media path or an upload", "give exactly one")
+        if media.upload is None:
+            source = _path(media)
+            shown = {str(source): self._media_name(source)}
+        else:
+            source = self.uploads.peek(media.upload)
+            shown = {str(source): self.uploads.name(media.upload)}
         with self._preview_lock:
-            return preview_first_frame(self.generator, source, settings.face, settings.image_fps)
+            try:
+                return preview_first_frame(self.generator, source, settings.face, settings.image_fps)
+            except LipsyncError as error:
+                error.problem, error.fix = (
+                    self._for_client(error.problem, shown),
+                    self._for_client(error.fix, shown),
+                )
+                error.args = (error.problem,)
+                raise
+
+    def in_preview_thread(self, work: Callable[[], T]) -> Future[T]:
+        """Run `work` on the one preview thread (after the previews asked for before it)."""
+        return self._previews.submit(work)
+
+    def _media_name(self, path: Path) -> str:
+        """A media folder file as the client names it: its path relative to the folder."""
+        media_dir = self.settings.media_dir
+        if media_dir is not None:
+            try:
+                return path.relative_to(media_dir.resolve()).as_posix()
+            except (OSError, ValueError):
+                pass
+        return path.name
+
+    def _for_client(self, text: str, shown: dict[str, str]) -> str:
+        """`text` with every server path in it replaced by the name the client knows it by: the client's
+        own file name of an upload, a media file's path relative to the media folder."""
+        for path, name in sorted(shown.items(), key=lambda item: -len(item[0])):
+            text = text.replace(path, name)
+        folders = [str(self.uploads.folder)]
+        if self._results is not None:
+            folders.append(str(self._results))
+        media_dir = self.settings.media_dir
+        if media_dir is not None:
+            folders += [str(media_dir.resolve())] + ([str(media_dir)] if media_dir.is_absolute() else [])
+        for folder in folders:
+            text = re.sub(re.escape(folder) + r"/?", "", text)
+        return text
 
     # --- jobs: prepare an avatar, dub a video ----------------------------------------------------
 
@@ -293,6 +368,15 @@ class ServerEngine:
                 f"unknown dub option(s): {', '.join(unknown)}",
                 f"send only {', '.join(sorted(DUB_OPTIONS))} (the model and device are the server's)",
             )
+        for name, value in options.items():
+            least = BATCH_OPTION_MINIMUMS.get(name)
+            if least is not None and value < least:
+                raise LipsyncError(
+                    f"{name} {value} is below {least}, the smallest that works",
+                    "face_index 0 is the largest face, 1 the next largest, ..."
+                    if name == "face_index"
+                    else f"give {name} {least} or more",
+                )
         return DubSettings(face=self.face, runtime=self.runtime).with_options(**options)
 
     def submit_prepare(self, request: PrepareRequest) -> JobStatus:
@@ -353,18 +437,30 @@ class ServerEngine:
                 for role, given in media.items()
             }
             inputs: dict[str, Path] = {}
-            uploads: list[Path] = []
-            for role, given in media.items():
-                if given.upload is None:
-                    inputs[role] = _path(given)
-                else:
-                    inputs[role] = self.uploads.claim(given.upload)
-                    uploads.append(inputs[role])
-            job = _Job(uuid.uuid4().hex, kind, name, inputs, tuple(uploads), **request)
-            if kind == "dub":
-                stem = PurePath(names["video"]).stem or "dub"
-                job.name = names["video"]
-                job.output = self._results_folder() / job.id / f"{stem}{DUB_OUTPUT_SUFFIX}"
+            claimed: dict[str, Path] = {}  # upload id -> its file; one upload may serve two roles
+            try:
+                for role, given in media.items():
+                    if given.upload is None:
+                        inputs[role] = _path(given)
+                    else:
+                        if given.upload not in claimed:
+                            claimed[given.upload] = self.uploads.claim(given.upload)
+                        inputs[role] = claimed[given.upload]
+                job = _Job(uuid.uuid4().hex, kind, name, inputs, tuple(claimed.values()), **request)
+                if kind == "dub":
+                    stem = PurePath(names["video"]).stem or "dub"
+                    job.name = names["video"]
+                    job.output = self._results_folder() / job.id / f"{stem}{DUB_OUTPUT_SUFFIX}"
+                    job.shown[str(job.output)] = job.output.name
+            except BaseException:  # refused after all: the uploads are unused again
+                by_path = {path: upload_id for upload_id, path in claimed.items()}
+                for role, path in inputs.items():
+                    if path in by_path:
+                        self.uploads.give_back(by_path.pop(path), path, names[role])
+                raise
+            for role, path in inputs.items():
+                given = media[role]
+                job.shown[str(path)] = names[role] if given.upload is not None else self._media_name(path)
             self._jobs[job.id] = job
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name=PREPARE_THREAD_NAME, daemon=True)
@@ -450,9 +546,10 @@ class ServerEngine:
             else:
                 self._dub(job, on_progress)
         except LipsyncError as error:
-            self._end(job, "failed", str(error))
+            self._end(job, "failed", self._for_client(str(error), job.shown))
         except Exception as error:  # a bug must not kill the worker: report it on the job
-            self._end(job, "failed", f"internal error: {type(error).__name__}: {error}")
+            problem = self._for_client(f"internal error: {type(error).__name__}: {error}", job.shown)
+            self._end(job, "failed", problem)
         else:
             self._end(job, "done")
 
@@ -493,10 +590,13 @@ class ServerEngine:
             self._queue.put(None)
             if wait:
                 worker.join()
+        self._previews.shutdown(wait=wait, cancel_futures=True)
         self.uploads.close()
         with self._lock:
             results, self._results = self._results, None
-        if results is not None and (wait or worker is None or not worker.is_alive()):
+        # Removed even under a running job, which then fails: the process may end before that job does,
+        # and nothing of the results may outlive the server.
+        if results is not None:
             shutil.rmtree(results, ignore_errors=True)
         with self._load_lock:
             self._avatars.clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import re
@@ -22,25 +21,14 @@ from fastapi import FastAPI
 
 from lipsync.config import DEFAULT_PORT, DubSettings, ServerSettings
 from lipsync.errors import LipsyncError
+from lipsync.server.hosts import is_loopback, normalize_allowed
 
-LOOPBACK_NAMES = frozenset({"localhost"})
 # uvicorn refuses WebSocket messages above this many bytes on its own (close 1009); one byte above the
 # app's limit, so a message just over the limit still reaches the app and gets an error message first.
 TRANSPORT_SLACK_BYTES = 1
 TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
 UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
 MIN_PORT, MAX_PORT = 1, 65535
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and "localhost" are reachable from this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -180,7 +168,12 @@ def serve(
     host = settings.host.strip()
     if host.startswith("[") and host.endswith("]"):  # a URL's [::1] is the address ::1
         host = host[1:-1]
-    settings = replace(settings, host=host, token=settings.token or None)
+    settings = replace(
+        settings,
+        host=host,
+        token=settings.token or None,
+        allowed_hosts=tuple(normalize_allowed(name) for name in settings.allowed_hosts),
+    )
     # before anything slow: a refusal should come at once, not after the models have loaded
     check_port(settings.port)
     check_bind(settings.host, settings.token)

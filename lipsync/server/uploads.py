@@ -8,6 +8,7 @@ as long as the server; each upload is removed when the job that used it ends, or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from lipsync.config import UPLOAD_NAME_MAX_BYTES
 from lipsync.errors import LipsyncError
 
 VIDEO_SUFFIXES = frozenset(
@@ -26,6 +28,9 @@ AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".o
 UPLOAD_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES  # a speech track may also come in a video's sound
 UPLOAD_DIR_PREFIX = "lipsync-uploads-"
 PARTIAL_SUFFIX = ".part"
+# What a browser sends across sites without asking the server first (a CORS "simple" request): an upload
+# in one of these, or with no type at all, may come from any web page, so it is refused.
+SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class SourceRefused(LipsyncError):
@@ -41,7 +46,45 @@ class UploadRefused(LipsyncError):
 
 
 class UploadTooBig(LipsyncError):
-    """An upload over `max_upload_bytes`."""
+    """An upload over `max_upload_bytes`, or one the room left under `max_upload_total_bytes` cannot hold."""
+
+
+class UploadTypeRefused(LipsyncError):
+    """An upload sent with a content type any web page may send across sites."""
+
+
+class UploadTimeout(LipsyncError):
+    """An upload that stalled, or took too long in all."""
+
+
+def check_upload_type(content_type: str | None) -> None:
+    """Refuse the content types a web page on another site could send without the server's consent."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if not kind or kind in SIMPLE_CONTENT_TYPES:
+        raise UploadTypeRefused(
+            f"an upload sent as {kind or 'no content type'!r} is refused: any web page could send it",
+            "send the file's raw bytes with 'Content-Type: application/octet-stream' (or its video/, "
+            "audio/ or image/ type)",
+        )
+
+
+def upload_name(name: str | None) -> str:
+    """The client's file name of an upload, checked: no folders, no control characters, at most
+    UPLOAD_NAME_MAX_BYTES bytes (a longer stem is shortened, the suffix kept); else UploadRefused."""
+    name = name or ""
+    bad = sorted({repr(c) for c in name if c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F})
+    if bad:
+        raise UploadRefused(
+            f"upload name {name[:80]!r} holds {', '.join(bad)}: a file name has no folders or control "
+            "characters",
+            "send ?name=ORIGINAL_FILE_NAME: the bare name of the file, e.g. ?name=anna.mp4",
+        )
+    if len(name.encode("utf-8")) <= UPLOAD_NAME_MAX_BYTES:
+        return name
+    path = PurePath(name)
+    room = UPLOAD_NAME_MAX_BYTES - len(path.suffix.encode("utf-8"))
+    stem = path.stem.encode("utf-8")[: max(room, 1)].decode("utf-8", errors="ignore")
+    return stem + path.suffix
 
 
 def not_in_media() -> SourceRefused:
@@ -100,7 +143,8 @@ class UploadStore:
 
     An upload is complete once `finish` was called; `claim` hands it to one job (and forgets it: the job
     removes the file when it ends). Unclaimed uploads older than `ttl_seconds` are removed by `prune`, which
-    every other method calls.
+    every other method calls. An upload in progress holds a reservation of the bytes it may still write,
+    taken when it begins, so that uploads running at once cannot pass the total limit together.
     """
 
     def __init__(self, ttl_seconds: float) -> None:
@@ -108,27 +152,59 @@ class UploadStore:
         self.folder = Path(tempfile.mkdtemp(prefix=UPLOAD_DIR_PREFIX))  # mode 0700
         self._lock = threading.Lock()
         self._uploads: dict[str, _Upload] = {}
+        self._reserved: dict[str, int] = {}  # upload id -> bytes held for an upload in progress
         self._closed = False
 
-    def begin(self, name: str | None) -> tuple[str, Path]:
-        """A new upload's id and the path to write its bytes to (not yet claimable)."""
-        suffix = upload_suffix(name)
+    def begin(self, name: str | None, size: int, total_limit: int) -> tuple[str, Path]:
+        """A new upload's id and the path to write its bytes to (not yet claimable); `size` bytes are
+        reserved for it, or UploadTooBig if the folder cannot hold them within `total_limit`."""
+        suffix = upload_suffix(upload_name(name))
         self.prune()
+        upload_id = uuid.uuid4().hex
         with self._lock:
             if self._closed:
                 raise LipsyncError("the server is shutting down", "start it again, then retry")
-        upload_id = uuid.uuid4().hex
+            if self._used() + size > total_limit:
+                raise UploadTooBig(
+                    f"the server's uploads would pass their limit of {total_limit} bytes on disk",
+                    "wait until the queued jobs have used their uploads, then send it again",
+                )
+            self._reserved[upload_id] = size
         return upload_id, self.folder / f"{upload_id}{suffix}{PARTIAL_SUFFIX}"
+
+    def _used(self) -> int:
+        """Bytes of complete uploads on disk, plus those reserved by uploads in progress; hold `_lock`."""
+        complete = 0
+        for entry in self.folder.iterdir():
+            if entry.suffix != PARTIAL_SUFFIX:
+                with contextlib.suppress(OSError):  # removed meanwhile by a job that ended
+                    complete += entry.stat().st_size
+        return complete + sum(self._reserved.values())
 
     def finish(self, upload_id: str, partial: Path, name: str | None = None) -> None:
         """The bytes of `partial` are complete: the upload may now be claimed. `name` is the client's."""
         path = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
-        os.replace(partial, path)
         with self._lock:
+            os.replace(partial, path)  # counted on disk from now on, so its reservation goes
+            self._reserved.pop(upload_id, None)
             if self._closed:
                 remove(path)
                 raise LipsyncError("the server is shutting down", "start it again, then retry")
-            self._uploads[upload_id] = _Upload(path, time.monotonic(), PurePath(name or path.name).name)
+            self._uploads[upload_id] = _Upload(path, time.monotonic(), PurePath(upload_name(name)).name)
+
+    def abandon(self, upload_id: str, partial: Path) -> None:
+        """An upload that did not finish: its partial file and its reservation go (no-op after `finish`)."""
+        with self._lock:
+            self._reserved.pop(upload_id, None)
+        remove(partial)
+
+    def give_back(self, upload_id: str, path: Path, name: str) -> None:
+        """Undo a `claim` for a job that was refused after all: the upload is unused again."""
+        with self._lock:
+            if self._closed:
+                remove(path)
+                return
+            self._uploads[upload_id] = _Upload(path, time.monotonic(), name)
 
     def peek(self, upload_id: str) -> Path:
         """The file of an unused upload, left in place (a preview reads it; a job claims it later)."""

@@ -66,6 +66,8 @@ function showError(message) {
 async function request(method, path, body) {
   const options = { method, headers: authHeaders() };
   if (body instanceof Blob) {
+    // Always typed: the server refuses untyped uploads, which any web page could send it.
+    options.headers = authHeaders({ "Content-Type": "application/octet-stream" });
     options.body = body;
   } else if (body !== undefined) {
     options.headers = authHeaders({ "Content-Type": "application/json" });

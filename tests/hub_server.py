@@ -8,7 +8,9 @@ It answers what `hf_hub_download` asks (huggingface_hub 2.x, and the 0.x line al
 - `GET /files/{name}`: plain files (the `--eval` mirror), with Range too.
 
 Faults to inject: cut the connection once after N bytes of a file (`cut_once`), refuse the requests for a
-file with 503 (`refuse`), declare a wrong checksum (`wrong_sha256`). Every request is recorded.
+file with 503 (`refuse`), declare a wrong checksum (`wrong_sha256`), declare a hostile ETag or commit of
+its choosing (`etags`, `commits`: `../` steps, a word), optionally only after answering the first N
+requests for the file honestly (`honest_requests`). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class HubState:
     refuse: set[str] = field(default_factory=set)  # paths answered with 503
     refuse_after_cut: set[str] = field(default_factory=set)  # paths put into `refuse` by their cut
     wrong_sha256: set[str] = field(default_factory=set)  # paths declared with a wrong checksum
+    etags: dict[str, str] = field(default_factory=dict)  # path -> the ETag (and X-Linked-Etag) declared
+    commits: dict[str, str] = field(default_factory=dict)  # path -> the X-Repo-Commit declared
+    honest_requests: dict[str, int] = field(default_factory=dict)  # path -> requests answered truly first
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +60,12 @@ class HubState:
 def _is_file(path: str) -> bool:
     """A file's address (huggingface_hub also asks the /api for things of its own)."""
     return bool(_RESOLVE.match(path)) or path.startswith("/files/")
+
+
+def _hub_key(path: str) -> str | None:
+    """ "{org}/{name}/{path}" of a Hub file's address."""
+    match = _RESOLVE.match(path.split("?", 1)[0])
+    return f"{match.group('repo')}/{match.group('path')}" if match else None
 
 
 def git_blob_sha1(content: bytes) -> str:
@@ -100,6 +111,15 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             else:
                 headers["ETag"] = f'"{git_blob_sha1(content)}"'
+            with state.lock:
+                seen = sum(1 for r in state.requests if _hub_key(r.path) == key)
+            if seen > state.honest_requests.get(key, 0):
+                if key in state.etags:
+                    headers["ETag"] = f'"{state.etags[key]}"'
+                    if "X-Linked-Etag" in headers:
+                        headers["X-Linked-Etag"] = headers["ETag"]
+                if key in state.commits:
+                    headers["X-Repo-Commit"] = state.commits[key]
         start = 0
         match = _RANGE.match(self.headers.get("Range") or "")
         if match and body:

@@ -232,3 +232,21 @@ def test_load_refuses_pickled_code(weights_copy: Path) -> None:
     torch.save({"conv_in.weight": Path("not a tensor")}, path)
     with pytest.raises(WeightsError, match="cannot read"):
         load_models(weights_copy, "v1", CPU, torch.float32)
+
+
+def test_a_safetensors_file_that_cannot_be_read_is_a_weights_error(tmp_path: Path) -> None:
+    path = tmp_path / "net.safetensors"
+    save_file({"weight": torch.zeros(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[:-1000])  # its tensor data cut short
+    with pytest.raises(WeightsError, match=f"cannot read {path}") as caught:
+        read_state_dict(path)
+    assert caught.value.fix == "download the file again"
+
+
+def test_a_preprocessor_config_with_another_fft_size_is_refused_before_it_is_read(weights_copy: Path) -> None:
+    """The feature extractor builds its filter bank from n_fft when the file is read (4e6: 6 GB, 40 s)."""
+    path = WeightsLayout(weights_copy, "v15").whisper_preprocessor
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"n_fft": 4_000_000}))
+    assert status_of(weights_copy, path) == ("malformed", "n_fft=4000000 (expected 400)")
+    with pytest.raises(WeightsError, match=r"malformed +whisper/preprocessor_config.json"):
+        load_models(weights_copy, "v15", CPU, torch.float32)

@@ -300,3 +300,117 @@ def test_a_missing_weights_folder_names_the_download_command(tmp_path: Path) -> 
     with pytest.raises(WeightsError) as caught:
         families.load_generator(tmp_path / "nothing", None, "v15", "cpu", "fp32")
     assert f"lipsync weights download {tmp_path / 'nothing'}" in caught.value.fix
+
+
+def files_outside(tmp_path: Path, *inside: Path) -> list[Path]:
+    """Every file under tmp_path that is not under one of `inside`."""
+    return [p for p in tmp_path.rglob("*") if not p.is_dir() and not any(p.is_relative_to(i) for i in inside)]
+
+
+@pytest.mark.parametrize(
+    ("hostile", "declared"),
+    [
+        ("etags", "../../../../escaped"),  # the cache names a blob by its ETag
+        ("commits", "../../../../escaped"),  # and a snapshot folder by its commit
+        ("etags", "abc"),  # no checksum at all: nothing could be checked
+    ],
+)
+def test_an_etag_or_commit_that_is_no_hash_is_refused_and_nothing_is_written(
+    in_process: HubServer,
+    hf_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    hostile: str,
+    declared: str,
+) -> None:
+    state = in_process.state
+    for repo, files in state.repos.items():
+        for name in files:
+            getattr(state, hostile)[f"{repo}/{name}"] = declared
+    weights = tmp_path / "models"
+    code, out, err = run_here(capsys, str(weights))
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{in_process.url} declared the" in err and repr(declared) in err, err
+    assert "not a SHA-256 or git SHA-1" in err and "fix: set HF_ENDPOINT" in err, err
+    assert "reusing" not in out and "fetching" not in out, out
+    assert not state.gets()  # not one file was transferred
+    assert files_outside(tmp_path, hf_home / "hub") == []
+    assert not cache_blobs(hf_home)
+
+
+def test_a_server_that_changes_its_etag_after_the_first_answer_cannot_write_outside(
+    in_process: HubServer, hf_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checksum is asked for once per file: a second, different answer is never used."""
+    state = in_process.state
+    for repo, files in state.repos.items():
+        for name in files:
+            state.etags[f"{repo}/{name}"] = "../../../../escaped"
+            state.honest_requests[f"{repo}/{name}"] = 1
+    weights = tmp_path / "models"
+    code, _, err = run_here(capsys, str(weights))
+    assert code == 0, err
+    assert files_outside(tmp_path, hf_home / "hub", weights) == []
+    assert all((weights / target).is_file() for target in V15_TARGETS)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "a sub-folder that is a file", "eval: a file"])
+def test_a_target_that_is_a_file_is_refused_before_anything_is_fetched(
+    in_process: HubServer, hf_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    weights, extra = tmp_path / "models", []
+    if where == "a file":
+        weights = blocker
+    elif where == "under a file":
+        weights = blocker / "models"
+    elif where == "a sub-folder that is a file":
+        weights.mkdir()
+        (weights / "musetalkV15").write_text("not a folder")
+        blocker = weights / "musetalkV15"
+    else:
+        extra = ["--eval", "--eval-weights", str(blocker)]
+    code, _, err = run_here(capsys, str(weights), *extra)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{blocker} is a file, not a folder" in err and "fix: give a folder path" in err, err
+    assert not in_process.state.requests and not cache_blobs(hf_home)  # refused before any request
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_folder_where_a_file_goes_is_refused_before_anything_is_fetched(
+    in_process: HubServer, hf_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / "models"
+    (weights / "musetalkV15" / "unet.pth").mkdir(parents=True)
+    code, _, err = run_here(capsys, str(weights))
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{weights / 'musetalkV15' / 'unet.pth'} is a folder, where a file goes" in err and "fix: " in err
+    assert not in_process.state.requests and not cache_blobs(hf_home)
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_anything_is_fetched(
+    in_process: HubServer, hf_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs lets no one create a file
+        unwritable = Path("/sys/kernel")
+    else:
+        unwritable = tmp_path / "read-only"
+        unwritable.mkdir(mode=0o555)
+    code, _, err = run_here(capsys, str(unwritable / "lipsync-models"))
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{unwritable} cannot be written" in err and "fix: give a folder you can write to" in err, err
+    assert not in_process.state.requests and not cache_blobs(hf_home)
+
+
+def test_a_download_beside_another_familys_scaffold_is_listed_as_trained(
+    in_process: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with lipsync.json counts a family it does not list as untrained: the download lists it."""
+    weights = tmp_path / "models"
+    families.family("stabilized-sync").scaffold(weights, tiny=True)
+    code, out, err = run_here(capsys, str(weights))
+    assert code == 0 and "NOTE" not in out, out + err
+    generator = families.load_generator(weights, "musetalk", "v15", "cpu", "fp32")
+    assert not generator.untrained
+    assert families.load_generator(weights, "stabilized-sync", None, "cpu", "fp32").untrained

@@ -194,8 +194,10 @@ def _add_download_parser(weights_commands: argparse._SubParsersAction) -> None:
 
 
 def run_weights_download(args: argparse.Namespace) -> int:
-    from lipsync.models.hub import download_weights, summary
+    from lipsync.models.hub import download_weights, require_writable_folder, summary
 
+    if args.eval:  # both folders are checked before anything is fetched
+        require_writable_folder(args.eval_weights)
     fetched, report = download_weights(args.dir, args.model, args.model_version)
     print(f"{args.model} files: {summary(fetched)}")
     print(report.format())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -31,7 +32,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(exc):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         raise WeightsError(f"cannot read {path}: {exc}", "download the file again") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a plain state dict of tensors", "download the file again")

@@ -9,14 +9,18 @@ hard link, else symlink, else copy, so a file already in the cache is never tran
 
 What this adds to `hf_hub_download`:
 
-- every file is checked against the checksum the server declares for it (the SHA-256 for LFS files, the
-  git blob hash for small ones); huggingface_hub checks only the size. A mismatch is refused and the
-  bad bytes are removed, from the folder and from the cache.
-- a large (LFS) file is transferred into `<cache>/blobs/<sha256>.incomplete`, which survives an
-  interruption (a cut connection, Ctrl-C, a killed process), and the next run continues it with an
-  HTTP Range request. (huggingface_hub 1.x and later writes each download to a fresh temporary file
-  and deletes it on failure, so on its own a rerun starts from zero.) The finished, verified file
-  becomes the cache blob, and `hf_hub_download` then only links it into its snapshot.
+- the checksum and commit the server declares are refused unless they are a SHA-256 or git SHA-1 (64 or
+  40 hex digits) and a git commit: the cache names files by them, so anything else (`../` steps, a
+  path, a word) could put a file outside the cache or leave it unchecked.
+- every file is checked against that checksum (the SHA-256 for LFS files, the git blob hash for small
+  ones); huggingface_hub checks only the size. A mismatch is refused and the bad bytes are removed,
+  from the folder and from the cache.
+- every file is transferred into `<cache>/blobs/<checksum>.incomplete`, which survives an interruption
+  (a cut connection, Ctrl-C, a killed process), and the next run continues it with an HTTP Range
+  request. (huggingface_hub 1.x and later writes each download to a fresh temporary file and deletes it
+  on failure, so on its own a rerun starts from zero.) The finished, verified file becomes the cache
+  blob, linked into its snapshot as huggingface_hub does it. Online, `hf_hub_download` is not called:
+  it would ask the server for the checksum again and trust the second answer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +80,17 @@ def download_weights(
     """Fetch the Hub files of family `model` (`version`, else its default) into ROOT, then check ROOT.
 
     Returns what became of each file and the family's check of the folder; raises WeightsError for a
-    family without Hub files, a folder of untrained test weights, or a file that cannot be fetched.
+    family without Hub files, a folder of untrained test weights, a folder that is a file or cannot be
+    written (before anything is fetched), or a file that cannot be fetched or checked.
     """
     from lipsync.models.families import family
-    from lipsync.models.weights import is_untrained, read_weights_manifest
+    from lipsync.models.weights import (
+        WEIGHTS_MANIFEST,
+        ModelEntry,
+        is_untrained,
+        read_weights_manifest,
+        write_model_entry,
+    )
 
     root = Path(root)
     known = family(model)
@@ -94,14 +106,51 @@ def download_weights(
         raise WeightsError(
             f"{model} has no version {chosen!r}", f"give --version one of: {', '.join(known.VERSIONS)}"
         )
-    if model in read_weights_manifest(root) and is_untrained(root, model):
+    files = declare(chosen)
+    require_writable_folder(root, [root / file.target for file in files])
+    entries = read_weights_manifest(root)
+    if model in entries and is_untrained(root, model):
         raise WeightsError(
             f"{root} holds untrained {model} test weights (its lipsync.json says so); released weights "
             "downloaded beside them would be labelled untrained too",
             "download into another folder, or delete that one first",
         )
-    fetched = download_files(declare(chosen), root, log)
+    fetched = download_files(files, root, log)
+    if (root / WEIGHTS_MANIFEST).exists() and model not in entries:
+        # A folder with lipsync.json counts a family it does not list as untrained: list these files.
+        write_model_entry(root, ModelEntry(model))
     return fetched, known.check(root, chosen)
+
+
+def require_writable_folder(root: Path, files: Sequence[Path] = ()) -> None:
+    """A WeightsError, before anything is fetched, when ROOT (or the folder of one of `files` under it)
+    is a file, lies under a file, or cannot be written, or when one of `files` is a folder."""
+    root = Path(root)
+    for path in files:
+        if Path(path).is_dir():
+            raise WeightsError(
+                f"cannot download into {root}: {path} is a folder, where a file goes",
+                f"move {path} out of the way",
+            )
+    for folder in dict.fromkeys([root, *(Path(f).parent for f in files)]):
+        existing = folder
+        while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "a file" if existing.exists() else "a link to nothing"
+            raise WeightsError(
+                f"cannot download into {folder}: {existing} is {what}, not a folder",
+                "give a folder path for the weights (one that does not exist yet is made), "
+                f"or move {existing} out of the way",
+            )
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise WeightsError(
+                f"cannot download into {folder}: {existing} cannot be written ({_reason(exc)})",
+                f"give a folder you can write to, or make {existing} writable",
+            ) from exc
 
 
 def download_files(files: Sequence[HubFile], root: Path, log: Log = print) -> list[Fetched]:
@@ -134,14 +183,17 @@ def fetch(file: HubFile, root: Path, log: Log = print) -> Fetched:
         log(f"replacing   {file.target}: it differs from the Hub's file")
 
     action: Action = "from cache"
-    if not blob.is_file() and _SHA256.fullmatch(etag):
-        action = _transfer(file, commit, blob, etag, size, log)
-    elif not blob.is_file():
-        action = "downloaded"
-        log(f"fetching    {file.target} from {where} ({_size_text(size)})")
-    cached = _hub_download(file, where)
-    if action == "from cache" or not _SHA256.fullmatch(etag):
-        _verify_cached(cached, etag, file)  # a transferred file was verified before it became the blob
+    try:
+        if blob.is_file():
+            _verify_cached(blob, etag, file)
+        else:
+            action = _transfer(file, commit, blob, etag, size, log)
+        cached = _link_snapshot(file, commit, blob)
+    except OSError as exc:  # the cache's folders: not writable, or full
+        raise WeightsError(
+            f"cannot write {file.target} into the Hugging Face cache ({blob.parent.parent}): {_reason(exc)}",
+            "make the cache writable and give it room, or set HF_HOME (or HF_HUB_CACHE) to a folder that is",
+        ) from exc
     if action == "from cache":
         log(f"reusing     {file.target} from the Hugging Face cache")
     how = place(cached, dest)
@@ -202,6 +254,17 @@ def _metadata(file: HubFile, dest: Path, where: str) -> tuple[str, int | None, s
             f"{url} did not say the file's checksum and commit: it is not a Hugging Face Hub endpoint",
             "set HF_ENDPOINT to a Hub or a Hub mirror",
         )
+    checksum_ok = _SHA256.fullmatch(meta.etag) or _GIT_SHA1.fullmatch(meta.etag)
+    if not checksum_ok or not _GIT_SHA1.fullmatch(meta.commit_hash):
+        what = (
+            f"checksum (ETag) {meta.etag[:80]!r}" if not checksum_ok else f"commit {meta.commit_hash[:80]!r}"
+        )
+        raise WeightsError(
+            f"{constants.ENDPOINT} declared the {what} for {where}, which is not a SHA-256 or git SHA-1 "
+            "(64 or 40 hex digits): the file cannot be checked, and is not fetched",
+            "set HF_ENDPOINT to the Hugging Face Hub or a mirror that declares each file's checksum, "
+            f"or copy the file by hand to {dest}",
+        )
     return meta.etag, meta.size, meta.commit_hash
 
 
@@ -213,17 +276,32 @@ def _offline() -> bool:
     return is_offline() if is_offline is not None else bool(constants.HF_HUB_OFFLINE)
 
 
-def _hub_download(file: HubFile, where: str) -> Path:
-    """`hf_hub_download` of the file: its path in the cache (a transfer when the blob is not there)."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(file.repo_id, file.filename, revision=file.revision))
-    except Exception as exc:  # as in _metadata: the client's own errors, whatever its version
+def _link_snapshot(file: HubFile, commit: str, blob: Path) -> Path:
+    """Link the verified `blob` into the cache's snapshot of `commit` and point the revision at it, in the
+    Hugging Face cache's layout (snapshots/COMMIT/FILE -> ../../blobs/HASH, refs/REVISION holds COMMIT), so
+    later runs (offline ones too) and other tools find it. Returns the link."""
+    storage = blob.parent.parent
+    snapshot = storage / "snapshots" / commit
+    pointer = snapshot.joinpath(*file.filename.split("/"))
+    normal = Path(os.path.normpath(pointer))  # without following links: the pointer may be one already
+    if normal == snapshot or not normal.is_relative_to(snapshot):
         raise WeightsError(
-            f"the download of {where} failed: {_reason(exc)}",
-            "run the same command again; check the connection or HF_ENDPOINT if it keeps failing",
-        ) from exc
+            f"the file name {file.filename!r} of {file.repo_id} leads outside the Hugging Face cache",
+            "download from the official repository, or copy the files in by hand",
+        )
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if not _same_file(pointer, blob):
+        pointer.unlink(missing_ok=True)
+        try:
+            pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        except OSError:  # a file system without links (as huggingface_hub, copy the blob)
+            shutil.copyfile(blob, pointer)
+    if file.revision != commit:
+        ref = storage / "refs" / file.revision
+        if not ref.is_file() or ref.read_text().strip() != commit:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(commit)
+    return pointer
 
 
 def _fetch_offline(file: HubFile, dest: Path, where: str, log: Log) -> Fetched:
@@ -241,7 +319,14 @@ def _fetch_offline(file: HubFile, dest: Path, where: str, log: Log) -> Fetched:
             f"(revision {file.revision}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE})",
             _OFFLINE_FIX,
         ) from exc
-    _verify_cached(cached, Path(os.path.realpath(cached)).name, file)
+    name = Path(os.path.realpath(cached)).name
+    if not (_SHA256.fullmatch(name) or _GIT_SHA1.fullmatch(name)):
+        raise WeightsError(
+            f"{cached} in the Hugging Face cache is not named by its checksum ({name!r}), so it cannot be "
+            f"checked offline; {dest} is missing",
+            _OFFLINE_FIX,
+        )
+    _verify_cached(cached, name, file)
     log(f"reusing     {file.target} from the Hugging Face cache (offline)")
     return Fetched(file, dest, "from cache", place(cached, dest))
 
@@ -255,8 +340,8 @@ def _blob_path(file: HubFile, etag: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / folder / "blobs" / etag
 
 
-def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | None, log: Log) -> Action:
-    """Download (or continue) an LFS file into `blob`, verified against `sha256` before it appears."""
+def _transfer(file: HubFile, commit: str, blob: Path, checksum: str, size: int | None, log: Log) -> Action:
+    """Download (or continue) a file into `blob`, verified against `checksum` before it appears."""
     from filelock import FileLock
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get, repo_folder_name
@@ -268,7 +353,7 @@ def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | N
     # The lock huggingface_hub takes for this blob: two runs never append to one partial file.
     lock = Path(constants.HF_HUB_CACHE) / ".locks" / repo_folder_name(repo_id=file.repo_id, repo_type="model")
     lock.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock / f"{sha256}.lock")):
+    with FileLock(str(lock / f"{checksum}.lock")):
         if blob.is_file():  # another run finished it while we waited
             return "from cache"
         done = partial.stat().st_size if partial.is_file() else 0
@@ -299,12 +384,12 @@ def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | N
                 f"the download of {where} stopped at {_kept(partial)} of {_size_text(size)}: {_reason(exc)}",
                 "run the same command again: it continues from there",
             ) from exc
-        actual = file_sha256(partial)
-        if actual != sha256:
+        kind, actual = _checksum_of(partial, checksum)
+        if actual != checksum:
             partial.unlink()
             raise WeightsError(
-                f"{file.target} downloaded from {where} does not match the SHA-256 the server declared "
-                f"for it (declared {sha256}, got {actual}); it was removed",
+                f"{file.target} downloaded from {where} does not match the {kind} the server declared "
+                f"for it (declared {checksum}, got {actual}); it was removed",
                 "run the command again; if it fails again, the server (or the mirror in HF_ENDPOINT) "
                 "serves a file other than it declares: use another mirror or copy the file by hand",
             )
@@ -315,13 +400,18 @@ def _transfer(file: HubFile, commit: str, blob: Path, sha256: str, size: int | N
 # --- checksums ---------------------------------------------------------------------------------------
 
 
-def _matches(path: Path, etag: str) -> bool:
-    """Whether the file's content has the checksum `etag` (an unknown kind of checksum is not checked)."""
+def _checksum_of(path: Path, etag: str) -> tuple[str, str]:
+    """(kind, value) of the file's checksum of the kind `etag` is: SHA-256 or git blob hash."""
     if _SHA256.fullmatch(etag):
-        return file_sha256(path) == etag
-    if _GIT_SHA1.fullmatch(etag):
-        return _git_blob_sha1(path) == etag
-    return True
+        return "SHA-256", file_sha256(path)
+    return "git blob hash", _git_blob_sha1(path)
+
+
+def _matches(path: Path, etag: str) -> bool:
+    """Whether the file's content has the checksum `etag` (never for a checksum of no known kind)."""
+    if not (_SHA256.fullmatch(etag) or _GIT_SHA1.fullmatch(etag)):
+        return False
+    return _checksum_of(path, etag)[1] == etag
 
 
 def _verify_cached(cached: Path, etag: str, file: HubFile) -> None:

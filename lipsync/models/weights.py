@@ -43,22 +43,27 @@ class ModelEntry:
 
 
 def read_weights_manifest(root: Path) -> dict[str, ModelEntry]:
-    """The families lipsync.json lists ({} when the folder has none)."""
+    """The families lipsync.json lists ({} when the folder has none); a WeightsError when it is there but
+    is not a manifest of this format and version (such a file never makes weights count as trained)."""
     path = Path(root) / WEIGHTS_MANIFEST
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        entries = {
-            name: ModelEntry(
-                family=name,
-                version=entry.get("version"),
-                size=entry.get("size"),
-                untrained=bool(entry.get("untrained", False)),
-                training=dict(entry.get("training") or {}),
+        if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ValueError(f"its format is {found!r}, not {WEIGHTS_FORMAT!r}")
+        version = data.get("format_version")
+        if type(version) is not int or version != WEIGHTS_FORMAT_VERSION:
+            raise WeightsError(
+                f"{path} has format_version {version!r}: this lipsync reads version {WEIGHTS_FORMAT_VERSION}",
+                "use the lipsync that wrote the folder, or write the folder again with this one "
+                "(`lipsync weights scaffold`, a training export or `lipsync weights download`)",
             )
-            for name, entry in data["models"].items()
-        }
+        models = data["models"]
+        if not isinstance(models, dict):
+            raise ValueError("its models are not a JSON object")
+        entries = {name: _model_entry(name, entry) for name, entry in models.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise WeightsError(
             f"{path} is not a readable lipsync weights manifest ({exc})",
@@ -67,10 +72,27 @@ def read_weights_manifest(root: Path) -> dict[str, ModelEntry]:
     return entries
 
 
+def _model_entry(name: str, entry: Any) -> ModelEntry:
+    if not isinstance(entry, dict):
+        raise ValueError(f"the entry of {name!r} is not a JSON object")
+    untrained = entry.get("untrained", False)
+    if not isinstance(untrained, bool):
+        raise ValueError(f"{name}: untrained is {untrained!r}, not true or false")
+    version, size, training = entry.get("version"), entry.get("size"), entry.get("training") or {}
+    if version is not None and not isinstance(version, str):
+        raise ValueError(f"{name}: version is {version!r}, not a string")
+    if size not in (None, "full", "tiny"):
+        raise ValueError(f"{name}: size is {size!r}, not full or tiny")
+    if not isinstance(training, dict):
+        raise ValueError(f"{name}: training is not a JSON object")
+    return ModelEntry(family=name, version=version, size=size, untrained=untrained, training=dict(training))
+
+
 def write_model_entry(root: Path, entry: ModelEntry) -> Path:
     """Add or replace one family's entry in ROOT/lipsync.json (written atomically)."""
     root = Path(root)
-    entries = read_weights_manifest(root)
+    path = root / WEIGHTS_MANIFEST
+    entries = read_weights_manifest(root) if path.exists() else _released_layouts(root)
     entries[entry.family] = entry
     content = {
         "format": WEIGHTS_FORMAT,
@@ -79,21 +101,34 @@ def write_model_entry(root: Path, entry: ModelEntry) -> Path:
             name: {k: v for k, v in asdict(e).items() if k != "family"} for name, e in entries.items()
         },
     }
-    path = root / WEIGHTS_MANIFEST
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
+def _released_layouts(root: Path) -> dict[str, ModelEntry]:
+    """Entries for the families ROOT holds in their released layout while it has no lipsync.json: the
+    first manifest lists them as they counted without it (trained, unless the old UNTRAINED.json)."""
+    from lipsync.models.families import families_in  # here: that module imports this one
+
+    return {name: ModelEntry(name, untrained=is_untrained(root, name)) for name in families_in(root)}
+
+
 def is_untrained(root: Path, family: str | None = None) -> bool:
-    """True when the folder (or `family` in it) holds random test weights."""
+    """True when the folder (or `family` in it) holds random test weights, or cannot be told to hold
+    trained ones: a lipsync.json that lists no entry for the family (or none at all) counts as untrained,
+    and one that cannot be read is a WeightsError. A folder without lipsync.json (the released layout)
+    counts as trained unless it has the old scaffolds' UNTRAINED.json."""
+    root = Path(root)
     entries = read_weights_manifest(root)
     if family is not None and family in entries:
         return entries[family].untrained
     if family is None and any(e.untrained for e in entries.values()):
         return True
-    return (Path(root) / UNTRAINED_MARKER).is_file()
+    if (root / WEIGHTS_MANIFEST).exists() and (family is not None or not entries):
+        return True
+    return (root / UNTRAINED_MARKER).is_file()
 
 
 # --- cheap file checks ------------------------------------------------------------------------------
@@ -196,7 +231,10 @@ class WeightsReport:
             rel = f.path.relative_to(self.root) if f.path.is_relative_to(self.root) else f.path
             lines.append(f"  {f.status:<9} {rel}" + (f"  ({f.detail})" if f.detail else ""))
         if self.untrained:
-            lines.append("  NOTE: these are untrained test weights (lipsync.json says so); output is noise")
+            lines.append(
+                f"  NOTE: these count as untrained test weights (lipsync.json marks them untrained, or "
+                f"lists no {self.family} entry); output is noise"
+            )
         bad_dirs = sorted({f.path.parent.name for f in self.problems()})
         if bad_dirs:
             lines.append("get the missing or malformed files from:")
@@ -209,6 +247,23 @@ class WeightsReport:
 
 
 # --- a family's own config.json and scaffolds ---------------------------------------------------------
+
+
+# Bounds on the sizes a family's config.json may give, checked before any network is built (a width the
+# config invents costs memory before the weights file can disagree), far above every configuration the
+# families ship, scaffold or train.
+MAX_CONFIG_WIDTH = 4096  # channels, embedding and hidden widths, and the divisors of widths
+MAX_CONFIG_DEPTH = 64  # layers, blocks, attention heads
+MAX_CONFIG_FACE_SIZE = 1024  # px
+MAX_CONFIG_COUNT = 256  # references of each kind
+
+
+def config_size(name: str, value: Any, largest: int) -> int:
+    """`value` of config.json's setting `name` as a whole number from 1 to `largest`, else a ValueError
+    that names the setting and the bounds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+        raise ValueError(f"{name} is {value!r}: give a whole number from 1 to {largest}")
+    return value
 
 
 def read_family_config(

@@ -15,7 +15,11 @@ from lipsync.errors import WeightsError
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
 from lipsync.models.device import image_memory_format
 from lipsync.models.landmark_prior.alignment import AlignmentModel
-from lipsync.models.landmark_prior.landmark_transformer import LandmarkTransformer
+from lipsync.models.landmark_prior.landmark_transformer import (
+    SEQUENCE_FRAMES,
+    LandmarkTransformer,
+    sinusoidal_positions,
+)
 from lipsync.models.landmark_prior.renderer import RenderingModel
 from lipsync.models.landmark_prior.weights import (
     FAMILY,
@@ -54,10 +58,9 @@ def load_models(root: Path, device: torch.device, dtype: torch.dtype) -> Landmar
         )
     config = read_config(root)
     layout = WeightsLayout(root)
-    # The transformer is built for real: its position table is a computed buffer, not in the file.
-    transformer = _load(
-        lambda: LandmarkTransformer(config.transformer), layout.transformer, "transformer", build_on="cpu"
-    )
+    transformer = _load(lambda: LandmarkTransformer(config.transformer), layout.transformer, "transformer")
+    # Its position table is a computed buffer, not in the file: made now that the file fits the config.
+    transformer.positions = sinusoidal_positions(SEQUENCE_FRAMES, config.transformer.model_dim)
     alignment = _load(lambda: AlignmentModel(config.render), layout.alignment, "alignment model")
     renderer = _load(lambda: RenderingModel(config.render), layout.renderer, "rendering model")
     transformer.to(device, dtype)
@@ -69,11 +72,12 @@ def load_models(root: Path, device: torch.device, dtype: torch.dtype) -> Landmar
     return LandmarkPriorModels(config, transformer, alignment, renderer, device, dtype, untrained)
 
 
-def _load(build: Callable[[], M], path: Path, what: str, build_on: str = "meta") -> M:
-    """A network built on `build_on`, its file's tensors assigned strictly (float32), frozen in eval mode."""
+def _load(build: Callable[[], M], path: Path, what: str) -> M:
+    """A network built on the meta device (nothing allocated before the file's shapes are compared with
+    the config's), its file's tensors assigned strictly (float32), frozen in eval mode."""
     require_weights_file(path, f"the {FAMILY} {what} weights", path.name, SCAFFOLD_HINT)
     fix = f"the file does not belong to its config.json: copy both from the same folder, or {SCAFFOLD_HINT}"
-    with torch.device(build_on):
+    with torch.device("meta"):
         network = build()
     load_strict(network, read_state_dict(path), path, torch.float32, fix)
     network.requires_grad_(False)

@@ -33,10 +33,14 @@ from lipsync.models.landmark_prior.landmark_transformer import (
 from lipsync.models.landmark_prior.renderer import LIP_REFERENCES, RenderingModel
 from lipsync.models.scaffold import Noise, write_random_safetensors
 from lipsync.models.weights import (
+    MAX_CONFIG_COUNT,
+    MAX_CONFIG_DEPTH,
+    MAX_CONFIG_WIDTH,
     ModelEntry,
     WeightsReport,
     check_family_config,
     check_weights_file,
+    config_size,
     is_untrained,
     read_family_config,
     read_weights_manifest,
@@ -98,10 +102,10 @@ class FamilyConfig:
         render = RenderConfig(**_settings(RenderConfig, data["render"], "render"))
         if render.face_size not in FACE_SIZES:
             raise ValueError(f"face size {render.face_size} is not one of {', '.join(map(str, FACE_SIZES))}")
+        _check_sizes(transformer, render)
         counts = {name: data.get(name, getattr(cls, name)) for name in _COUNTS}
         for name, value in counts.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} is {value!r}, not a positive whole number")
+            config_size(name, value, MAX_CONFIG_COUNT)
         if counts["sequence_frames"] != SEQUENCE_FRAMES:
             frames = counts["sequence_frames"]
             raise ValueError(f"sequence_frames is {frames}: only T = {SEQUENCE_FRAMES} is built")
@@ -109,6 +113,41 @@ class FamilyConfig:
 
 
 _COUNTS = ("sequence_frames", "references", "lip_references", "landmark_references")
+
+
+# Each size setting of the two network configs and its bound (weights.MAX_CONFIG_*).
+_TRANSFORMER_SIZES = {
+    "model_dim": MAX_CONFIG_WIDTH,
+    "feedforward_dim": MAX_CONFIG_WIDTH,
+    "width_divisor": MAX_CONFIG_WIDTH,
+    "layers": MAX_CONFIG_DEPTH,
+    "heads": MAX_CONFIG_DEPTH,
+}
+_RENDER_SIZES = {
+    "full_channels": MAX_CONFIG_WIDTH,
+    "half_channels": MAX_CONFIG_WIDTH,
+    "spade_hidden": MAX_CONFIG_WIDTH,
+    "weight_hidden": MAX_CONFIG_WIDTH,
+    "attention_channels": MAX_CONFIG_WIDTH,
+    "audio_width_divisor": MAX_CONFIG_WIDTH,
+    "fusion_blocks": MAX_CONFIG_DEPTH,
+}
+
+
+def _check_sizes(transformer: TransformerConfig, render: RenderConfig) -> None:
+    """A ValueError for a size out of its bounds, before a network of these configs is built."""
+    for what, config, bounds in (
+        ("transformer", transformer, _TRANSFORMER_SIZES),
+        ("render", render, _RENDER_SIZES),
+    ):
+        for name, largest in bounds.items():
+            config_size(f"{what}.{name}", getattr(config, name), largest)
+    if transformer.model_dim % transformer.heads:
+        raise ValueError(
+            f"transformer.model_dim {transformer.model_dim} is not divisible by its {transformer.heads} heads"
+        )
+    if not isinstance(transformer.dropout, (int, float)) or not 0 <= transformer.dropout < 1:
+        raise ValueError(f"transformer.dropout is {transformer.dropout!r}: give a number from 0 to below 1")
 
 
 def _settings(kind: type, values: Any, what: str) -> dict[str, Any]:
@@ -207,10 +246,10 @@ PARTS = (TRANSFORMER_PART, ALIGNMENT_PART, RENDERER_PART)
 def untrained_parts(root: Path) -> list[str]:
     """Which networks ROOT's folder holds untrained: its lipsync.json's `untrained_parts` (the trainers'
     exports list them, since each trains only some), else all of them for a folder marked untrained (a
-    scaffold) and none otherwise."""
+    scaffold, or one whose lipsync.json does not list the family) and none otherwise."""
     entry = read_weights_manifest(Path(root)).get(FAMILY)
     if entry is None:
-        return []
+        return list(PARTS) if is_untrained(Path(root), FAMILY) else []
     listed = entry.training.get(UNTRAINED_PARTS)
     if isinstance(listed, list):
         return [part for part in PARTS if part in listed]

@@ -21,6 +21,8 @@ from lipsync.config import (
     WHISPER_ENCODER_LAYERS,
     WHISPER_HIDDEN_SIZE,
     WHISPER_MEL_BINS,
+    WHISPER_SEGMENT_SAMPLES,
+    WHISPER_SEGMENT_SECONDS,
     ModelVersion,
 )
 from lipsync.models.hub import HubFile
@@ -197,9 +199,18 @@ WHISPER_CONFIG_EXPECTED: dict[str, Any] = {
     "encoder_layers": WHISPER_ENCODER_LAYERS,
     "num_mel_bins": WHISPER_MEL_BINS,
 }
+# whisper-tiny's log-mel front end: the feature extractor builds its filter bank and window from these as
+# the file is read, so a changed size would cost memory before any check could refuse it.
+WHISPER_N_FFT = 400
+WHISPER_HOP_LENGTH = 160
 PREPROCESSOR_CONFIG_EXPECTED: dict[str, Any] = {
     "feature_size": WHISPER_MEL_BINS,
     "sampling_rate": AUDIO_SAMPLE_RATE,
+    "n_fft": WHISPER_N_FFT,
+    "hop_length": WHISPER_HOP_LENGTH,
+    "chunk_length": WHISPER_SEGMENT_SECONDS,
+    "n_samples": WHISPER_SEGMENT_SAMPLES,
+    "nb_max_frames": WHISPER_SEGMENT_SAMPLES // WHISPER_HOP_LENGTH,
 }
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipsync.errors import WeightsError
 from lipsync.models.batch_norm_folding import fold_batch_norms
 from lipsync.models.checkpoint import load_strict, read_state_dict, require_weights_file
 from lipsync.models.device import image_memory_format
@@ -29,6 +30,7 @@ from lipsync.models.stabilized_sync.weights import (
     SCAFFOLD_HINT,
     FamilyConfig,
     WeightsLayout,
+    check_weights,
     read_config,
 )
 from lipsync.models.weights import is_untrained
@@ -73,6 +75,11 @@ def load_models(
     `fold` folds the generators' batch norms into their convolutions (inference); a trainer that writes
     a loaded generator back out keeps the file's layout with fold=False."""
     root = Path(root)
+    report = check_weights(root)
+    if not report.ok:
+        raise WeightsError(
+            f"the {FAMILY} weights are missing or malformed.\n{report.format()}", SCAFFOLD_HINT
+        )
     config = read_config(root)
     layout = WeightsLayout(root)
     silent = config.silent_lip_references if silent_lip_references is None else silent_lip_references
@@ -111,8 +118,14 @@ def _load(
     `fold`, a generator's batch norms are folded into the convolutions before them.
     The audio encoder's file holds the ResNetSE-34 alone (as AVSyncNet's `audio_encoder` saves it)."""
     require_weights_file(path, f"the {FAMILY} {what} weights", path.name, SCAFFOLD_HINT)
-    with torch.device("meta"):
-        network = build()
+    try:
+        with torch.device("meta"):
+            network = build()
+    except (ValueError, TypeError, KeyError, AssertionError) as exc:  # a config the network's code refuses
+        raise WeightsError(
+            f"the {FAMILY} config.json describes no {what} that can be built: {type(exc).__name__}: {exc}",
+            SCAFFOLD_HINT,
+        ) from exc
     state = read_state_dict(path)
     if isinstance(network, AudioEncoder):
         state = {f"encoder.{key}": value for key, value in state.items()}

@@ -31,10 +31,14 @@ from lipsync.models.stabilized_sync.generator_net import (
 )
 from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
 from lipsync.models.weights import (
+    MAX_CONFIG_DEPTH,
+    MAX_CONFIG_FACE_SIZE,
+    MAX_CONFIG_WIDTH,
     ModelEntry,
     WeightsReport,
     check_family_config,
     check_weights_file,
+    config_size,
     is_untrained,
     read_family_config,
     refuse_to_overwrite_trained,
@@ -89,6 +93,7 @@ class FamilyConfig:
         if unknown:
             raise ValueError(f"unknown generator settings: {', '.join(unknown)}")
         config = GeneratorConfig(**generator)
+        _check_sizes(config)
         config.validate()
         audio_encoder = data.get("audio_encoder", "avsyncnet")
         if audio_encoder not in AUDIO_ENCODERS:
@@ -103,6 +108,18 @@ class FamilyConfig:
             wav2vec2 if audio_encoder == "wav2vec2" else None,
             bool(data.get("wav2vec2_normalize", True)),
         )
+
+
+def _check_sizes(config: GeneratorConfig) -> None:
+    """A ValueError for a size out of its bounds (weights.MAX_CONFIG_*), before a network is built."""
+    config_size("generator.face_size", config.face_size, MAX_CONFIG_FACE_SIZE)
+    for name in ("encoder_channels", "decoder_channels"):
+        widths = getattr(config, name)
+        config_size(f"the number of generator.{name}", len(widths), MAX_CONFIG_DEPTH)
+        for index, width in enumerate(widths):
+            config_size(f"generator.{name}[{index}]", width, MAX_CONFIG_WIDTH)
+    for name in ("stem_channels", "bottleneck_channels", "head_channels", "audio_dim"):
+        config_size(f"generator.{name}", getattr(config, name), MAX_CONFIG_WIDTH)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from lipsync.config import AUDIO_SAMPLE_RATE, UPLOAD_NAME_MAX_BYTES, ServerSetti
 from lipsync.io.audio import load_audio
 from lipsync.server.protocol import CloseCode
 
-from conftest import media, still_photo, write_clip, write_wav
+from conftest import media, still_photo, write_clip, write_png, write_wav
 
 OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 ATTACKER = "rebind.attacker.example"
@@ -493,3 +493,23 @@ def test_a_shutdown_during_a_dub_job_leaves_no_results_folder(
     release.set()
     wait_until(lambda: not any(t.name == "lipsync-prepare" for t in threading.enumerate()), "the job ended")
     assert list(temporary.iterdir()) == []
+
+
+def test_a_picture_that_claims_a_huge_size_is_refused_before_it_is_decoded(
+    server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A 68-byte PNG claiming 65535 x 65535 in the media folder: a 400 naming the file and the limit (a dub
+    job fails saying so), not a 500 with an OpenCV traceback or gigabytes of memory."""
+    write_png(tmp_path / "bomb.png", 65535, 65535)
+    speech_wav(tmp_path)
+    client, _ = server(media_dir=tmp_path)
+    preview = client.post("/api/preview", json={"source": "bomb.png"})
+    assert preview.status_code == 400, preview.json()
+    dub = finish(
+        client, client.post("/api/dubs", json={"video": "bomb.png", "audio": "hello.wav"}).json()["job"]
+    )
+    assert dub["status"] == "failed"
+    for error in (preview.json()["error"], dub["error"]):
+        assert "bomb.png" in error and "over the limit" in error and "internal" not in error, error
+        assert str(tmp_path) not in error
+    assert "Scale it down" in preview.json()["fix"]

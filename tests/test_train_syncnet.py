@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from lipsync.models.syncnet import SyncNetSpec, load_syncnet
+from lipsync.models.syncnet import SyncNetSpec, load_syncnet, lower_half
 from lipsync.train.config import ConfigError, DataConfig, SyncNetTrainConfig, load_config
-from lipsync.train.data.format import list_clips
+from lipsync.train.data.format import list_clips, read_clip
+from lipsync.train.sampling import crops_to_images
+from lipsync.train.stabilized_avsync import AVSyncSpec, avsync_faces
+from lipsync.train.stabilized_data import family_crops
 from lipsync.train.syncnet_data import (
+    PairIndex,
+    PairShape,
     SyncPairSource,
     SyncPairStream,
+    cut_clip_faces,
     eval_pairs,
     split_sync_clips,
 )
@@ -190,3 +198,105 @@ def test_full_size_configs_train(
         assert load_syncnet(result.checkpoint)[1].kind == config.kind
     finally:  # stable: 1.5 GB per weights file, 6 GB with the optimiser state; pytest keeps tmp folders
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSize:
+    frames: int
+    image_size: int
+
+
+def old_float_faces(source: SyncPairSource, pair: PairIndex, image_size: int, avsync: bool) -> torch.Tensor:
+    """(3F, S/2, S) as the pair source made them before it cached uint8 crops: the whole clip's crops turned
+    into float lower halves, then the pair's window taken."""
+    clip = read_clip(source.clips[pair.clip].folder, with_whisper=False)
+    crops = family_crops(clip, AVSyncSpec().face_size) if avsync else cut_clip_faces(clip)
+    halves = lower_half(crops_to_images(crops), image_size)
+    return halves[pair.face_start : pair.face_start + source.spec.frames].flatten(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "avsync", "cached_uint8"),
+    [
+        (AVSyncSpec(tiny=True), True, True),  # 96 px crops: 27 KB a frame against 301 KB of float input
+        (PairSize(5, 192), False, True),  # 256 px crops: 196 KB against 221 KB
+        (SPEC, False, False),  # 6 KB of float input against 196 KB of crops: the float input is kept
+    ],
+)
+def test_batches_from_the_cache_equal_the_float_path_exactly(
+    syncnet_media: Path, spec: PairShape, avsync: bool, cached_uint8: bool
+) -> None:
+    folders = list_clips(syncnet_media)[:3]
+    faces = avsync_faces(AVSyncSpec()) if avsync else None
+    source = SyncPairSource(folders, spec, negative_min_offset=5, faces=faces)
+    pairs = eval_pairs(source, 12)
+    batch = source.batch(pairs)
+
+    expected = torch.stack([old_float_faces(source, p, spec.image_size, avsync) for p in pairs])
+    assert batch.faces.dtype == torch.float32
+    assert torch.equal(batch.faces, expected)
+    assert torch.equal(source.pair(pairs[0])[0], expected[0])
+
+    cached = [entry[0] for entry in source._cache.values()]
+    assert len(cached) == len({p.clip for p in pairs})
+    if cached_uint8:
+        assert all(isinstance(f, np.ndarray) and f.dtype == np.uint8 for f in cached)
+    else:
+        assert all(isinstance(f, torch.Tensor) and f.dtype == torch.float32 for f in cached)
+    assert source.cached_bytes == sum(
+        (f.nbytes if isinstance(f, np.ndarray) else f.numel() * 4) + mel.nbytes
+        for f, mel in source._cache.values()
+    )
+
+
+def test_the_face_cache_stays_within_its_bytes_counts_hits_and_starts_empty_in_a_worker(
+    syncnet_media: Path,
+) -> None:
+    spec = AVSyncSpec(tiny=True)
+    folders = list_clips(syncnet_media)
+    whole = SyncPairSource(folders, spec, negative_min_offset=5, faces=avsync_faces(spec))
+    for clip in range(len(whole)):
+        whole._load(clip)
+    one_clip = max(whole.cached_bytes // len(whole), 1)
+    assert (whole.hits, whole.misses) == (0, len(whole))
+    whole._load(0)
+    assert whole.hits == 1 and whole.hit_rate == pytest.approx(1 / (len(whole) + 1))
+
+    limit = 3 * one_clip
+    small = SyncPairSource(folders, spec, negative_min_offset=5, cache_bytes=limit, faces=avsync_faces(spec))
+    for clip in range(len(small)):
+        small._load(clip)
+        assert small.cached_bytes <= limit + one_clip  # clips differ a little in length
+    assert 1 < len(small._cache) < len(small)
+
+    worker = pickle.loads(pickle.dumps(whole))
+    assert (len(worker._cache), worker.cached_bytes, worker.hits, worker.misses) == (0, 0, 0, 0)
+    assert worker.hit_rate is None
+
+
+def test_the_face_cache_size_is_a_config_field_the_trainer_uses(
+    syncnet_media: Path, held_out: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lipsync.train import syncnet_trainer
+
+    assert SyncNetTrainConfig().face_cache_bytes == 1 << 30
+    for name in ("avsyncnet.yaml", "syncnet.yaml", "syncnet-stable.yaml"):
+        shipped = load_config(REPO / "configs" / "train" / name, SyncNetTrainConfig)
+        assert shipped.face_cache_bytes == 1 << 30
+    written = tmp_path / "cache.yaml"
+    written.write_text("face_cache_bytes: 12345\n", encoding="utf-8")
+    assert load_config(written, SyncNetTrainConfig).face_cache_bytes == 12345
+
+    sizes: list[int] = []
+
+    class Recording(SyncPairSource):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            sizes.append(self.cache_bytes)
+
+    monkeypatch.setattr(syncnet_trainer, "SyncPairSource", Recording)
+    config = tiny_syncnet_config(syncnet_media, tmp_path / "run", held_out, max_steps=1)
+    train_syncnet(dataclasses.replace(config, face_cache_bytes=12345), progress=False)
+    assert sizes == [12345, 12345]  # the training and the held-out pairs' sources
+    with pytest.raises(ConfigError, match="face_cache_bytes is 0"):
+        train_syncnet(dataclasses.replace(config, face_cache_bytes=0), progress=False)

@@ -173,6 +173,10 @@ class SyncNetTrainConfig:
     # kind avsyncnet: faces are cut with the stabilized-sync crop rule at the generator's face size (the
     # faces the sync loss will score), then resized to 224 and their lower halves kept.
     avsync_face_size: int = 96
+    # Bytes of prepared faces (and mels) kept in memory per pair source: the training pairs' in the main
+    # process or in each of the data.num_workers DataLoader workers, and the held-out pairs' in the main
+    # process. Beyond it the least recently used clip is dropped and cut again from its files when drawn.
+    face_cache_bytes: int = 1 << 30
     data: DataConfig = DataConfig(min_face_size=0)
 
 

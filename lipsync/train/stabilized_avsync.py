@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,10 +29,8 @@ from lipsync.models.stabilized_sync.avsyncnet import AVSYNC_FACE_SIZE, FACE_CHAN
 from lipsync.models.stabilized_sync.generator_net import PAPER_FACE_SIZE
 from lipsync.models.stabilized_sync.mel import SYNC_FRAMES
 from lipsync.models.stabilized_sync.resnet_se34 import ResNetSE34
-from lipsync.models.syncnet import lower_half
 from lipsync.train.config import ConfigError, SyncNetTrainConfig
 from lipsync.train.data.format import PreparedClip
-from lipsync.train.sampling import crops_to_images
 from lipsync.train.stabilized_data import family_crops
 from lipsync.train.stabilized_export import float32_state
 from lipsync.train.syncnet_data import FacePreparer
@@ -163,10 +162,10 @@ def avsync_spec(config: SyncNetTrainConfig) -> AVSyncSpec:
     return AVSyncSpec(face_size=config.avsync_face_size, tiny=config.width_divisor > 1)
 
 
-def avsync_clip_faces(clip: PreparedClip, face_size: int) -> Tensor:
-    """(N, 3, 112, 224): a clip's faces cut as the family crops them at `face_size`, then resized to 224
-    and halved (`prepare_lips` per frame)."""
-    return lower_half(crops_to_images(family_crops(clip, face_size)), AVSYNC_FACE_SIZE)
+def avsync_clip_faces(clip: PreparedClip, face_size: int) -> np.ndarray:
+    """(N, face_size, face_size, 3) uint8: a clip's faces cut as the family crops them at `face_size`; the
+    pair source resizes them to 224 and halves them (`prepare_lips` per frame) when it builds a batch."""
+    return family_crops(clip, face_size)
 
 
 def avsync_faces(spec: AVSyncSpec) -> FacePreparer:

@@ -10,6 +10,11 @@ Faces are cut from the stored crops exactly as for the UNet (the face box resize
 `lipsync.train.sampling.crop_face`), scaled to [-1, 1] and passed through `prepare_faces` (resize to the
 SyncNet's image size, lower half), so a batch holds model-ready input.
 
+A clip's faces are cached (LRU by bytes, `cache_bytes`) in the smaller of two forms that give the same
+batch: the uint8 crops, turned into model input when a batch is built (AVSyncNet's 96 px crops: 27 KB a
+frame instead of 301 KB of float lower halves at 224), or the float32 lower halves themselves (a
+Wav2Lip-style SyncNet at 96 px: 55 KB instead of 196 KB of 256 px crops).
+
 For the stabilized-sync family's AVSyncNet (`kind: avsyncnet`), faces are cut with that family's crop rule
 instead (`lipsync.train.stabilized_data.family_crops` at the generator's face size, then resized to 224
 and halved), passed in as `faces`. Its negatives are audio from a non-overlapping part of the same clip
@@ -35,7 +40,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lipsync.models.syncnet import lower_half
-from lipsync.train.config import ConfigError, DataConfig
+from lipsync.train.config import ConfigError, DataConfig, SyncNetTrainConfig
 from lipsync.train.data.format import ClipMeta, DatasetError, PreparedClip, read_clip
 from lipsync.train.data.mel import mel_window
 from lipsync.train.sampling import crop_face, crops_to_images
@@ -45,7 +50,6 @@ log = logging.getLogger(__name__)
 
 POSITIVE = 1.0
 NEGATIVE = 0.0
-DEFAULT_CACHE_BYTES = 1 << 30  # prepared face frames kept in memory per process (or DataLoader worker)
 DEFAULT_EVAL_SEED = 1234  # held-out pairs are the same on every evaluation and every run
 
 
@@ -59,7 +63,8 @@ class PairShape(Protocol):
     def image_size(self) -> int: ...
 
 
-FacePreparer = Callable[[PreparedClip], torch.Tensor]  # a clip -> (N, 3, S/2, S) model-ready lower halves
+FacePreparer = Callable[[PreparedClip], np.ndarray]  # a clip -> (N, H, W, 3) uint8 face crops
+CachedFaces = np.ndarray | torch.Tensor  # (N, H, W, 3) uint8 crops, or (N, 3, S/2, S) float32 model input
 
 
 @dataclass
@@ -148,24 +153,39 @@ def split_sync_clips(data: DataConfig) -> SyncSplit:
     return split
 
 
-def prepare_clip_faces(clip: PreparedClip, spec: PairShape) -> torch.Tensor:
-    """(N, 3, S/2, S): every frame's face box at 256 x 256, then resized to the SyncNet size, lower half."""
-    faces = np.stack([crop_face(clip.frames[i], clip.face_boxes[i]) for i in range(clip.frame_count)])
-    return lower_half(crops_to_images(faces), spec.image_size)
+def cut_clip_faces(clip: PreparedClip) -> np.ndarray:
+    """(N, 256, 256, 3) uint8: every frame's face box at 256 x 256."""
+    return np.stack([crop_face(clip.frames[i], clip.face_boxes[i]) for i in range(clip.frame_count)])
+
+
+def face_input(crops: np.ndarray, image_size: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 crops -> (N, 3, S/2, S) float32 in [-1, 1]: resized to S, lower half."""
+    return lower_half(crops_to_images(crops), image_size)
+
+
+def input_frame_bytes(image_size: int) -> int:
+    """Bytes of one frame of model input: 3 x S/2 x S float32."""
+    return 3 * (image_size - image_size // 2) * image_size * 4
+
+
+def entry_bytes(faces: CachedFaces, mel: np.ndarray) -> int:
+    size = faces.nbytes if isinstance(faces, np.ndarray) else faces.numel() * faces.element_size()
+    return size + mel.nbytes
 
 
 class SyncPairSource:
-    """The clips of one split and the pairs they allow; prepared faces are cached (LRU by bytes)."""
+    """The clips of one split and the pairs they allow; prepared faces are cached (LRU by bytes: at most
+    `cache_bytes`, or the one clip in use when that alone is larger)."""
 
     def __init__(
         self,
         folders: Sequence[Path],
         spec: PairShape,
         negative_min_offset: int,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int = SyncNetTrainConfig.face_cache_bytes,
         faces: FacePreparer | None = None,
     ) -> None:
-        """`faces` prepares a clip's faces (default: `prepare_clip_faces` with `spec`)."""
+        """`faces` cuts a clip's uint8 face crops (default: `cut_clip_faces`)."""
         if negative_min_offset < 1:
             raise ConfigError(
                 f"negative_min_offset is {negative_min_offset}", "a negative needs audio at least 1 frame off"
@@ -174,8 +194,10 @@ class SyncPairSource:
         self.faces = faces
         self.negative_min_offset = negative_min_offset
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[CachedFaces, np.ndarray]] = OrderedDict()
         self._cached_bytes = 0
+        self.hits = 0  # clip loads served from the cache, in this process
+        self.misses = 0
         clips: list[SyncClip] = []
         too_short: list[str] = []
         for folder in folders:
@@ -212,23 +234,37 @@ class SyncPairSource:
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
         state["_cached_bytes"] = 0
+        state["hits"] = state["misses"] = 0
         return state
 
-    def _load(self, clip: int) -> tuple[torch.Tensor, np.ndarray]:
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    @property
+    def hit_rate(self) -> float | None:
+        loads = self.hits + self.misses
+        return self.hits / loads if loads else None
+
+    def _load(self, clip: int) -> tuple[CachedFaces, np.ndarray]:
         if clip in self._cache:
+            self.hits += 1
             self._cache.move_to_end(clip)
             return self._cache[clip]
+        self.misses += 1
         prepared = read_clip(self.clips[clip].folder, with_whisper=False)
         if len(prepared.face_boxes) != prepared.frame_count:
             raise DatasetError(f"{prepared.root}: face_boxes and frames differ in length", "prepare it again")
-        faces = self.faces(prepared) if self.faces is not None else prepare_clip_faces(prepared, self.spec)
+        crops = self.faces(prepared) if self.faces is not None else cut_clip_faces(prepared)
+        faces: CachedFaces = crops
+        if crops[0].nbytes > input_frame_bytes(self.spec.image_size):
+            faces = face_input(crops, self.spec.image_size)
         entry = (faces, np.asarray(prepared.mel, dtype=np.float32))
-        size = entry[0].numel() * entry[0].element_size() + entry[1].nbytes
         self._cache[clip] = entry
-        self._cached_bytes += size
+        self._cached_bytes += entry_bytes(*entry)
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            _, (faces, mel) = self._cache.popitem(last=False)
-            self._cached_bytes -= faces.numel() * faces.element_size() + mel.nbytes
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= entry_bytes(*evicted)
         return entry
 
     # --- drawing pairs -------------------------------------------------------------------------------
@@ -268,19 +304,33 @@ class SyncPairSource:
 
     # --- tensors -------------------------------------------------------------------------------------
 
-    def pair(self, index: PairIndex) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3F, S/2, S) faces and (1, 80, T) mel of one pair."""
+    def _window(self, index: PairIndex) -> tuple[CachedFaces, torch.Tensor]:
+        """The F cached face frames and the (1, 80, T) mel of one pair."""
         faces, mel = self._load(index.clip)
         frames = self.spec.frames
-        window = faces[index.face_start : index.face_start + frames]
         audio = mel_window(mel, index.audio_start, frames)
-        return window.flatten(0, 1), torch.from_numpy(audio).unsqueeze(0)
+        return faces[index.face_start : index.face_start + frames], torch.from_numpy(audio).unsqueeze(0)
+
+    def _faces(self, windows: Sequence[CachedFaces]) -> torch.Tensor:
+        """(B, 3F, S/2, S) model input of B windows of F cached frames."""
+        size = self.spec.image_size
+        crops = [w for w in windows if isinstance(w, np.ndarray)]
+        if len(crops) == len(windows):  # one resize for the whole batch
+            halves = face_input(np.concatenate(crops), size)
+        else:
+            halves = torch.cat([face_input(w, size) if isinstance(w, np.ndarray) else w for w in windows])
+        return halves.reshape(len(windows), -1, *halves.shape[-2:])
+
+    def pair(self, index: PairIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3F, S/2, S) faces and (1, 80, T) mel of one pair."""
+        window, mel = self._window(index)
+        return self._faces([window])[0], mel
 
     def batch(self, pairs: Sequence[PairIndex]) -> SyncBatch:
-        tensors = [self.pair(p) for p in pairs]
+        windows = [self._window(p) for p in pairs]
         return SyncBatch(
-            faces=torch.stack([t[0] for t in tensors]),
-            mels=torch.stack([t[1] for t in tensors]),
+            faces=self._faces([w[0] for w in windows]),
+            mels=torch.stack([w[1] for w in windows]),
             labels=torch.tensor([p.label for p in pairs], dtype=torch.float32),
             speakers=tuple(self.clips[p.clip].speaker for p in pairs),
             clip_ids=tuple(self.clips[p.clip].clip_id for p in pairs),

@@ -142,7 +142,14 @@ def syncnet_spec(config: SyncNetTrainConfig) -> PairSpec:
 def validate_syncnet_config(config: SyncNetTrainConfig) -> PairSpec:
     """Checks that need no files; returns the network's spec."""
     spec = syncnet_spec(config)
-    for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"):
+    for name in (
+        "batch_size",
+        "max_steps",
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "face_cache_bytes",
+    ):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} is {getattr(config, name)}", f"give {name} >= 1")
     if config.batch_size < 2:
@@ -245,14 +252,18 @@ def _train(
 
     split = split_sync_clips(config.data)
     faces = avsync_faces(spec) if isinstance(spec, AVSyncSpec) else None
-    train_source = SyncPairSource(split.train, spec, config.negative_min_offset, faces=faces)
+    train_source = SyncPairSource(
+        split.train, spec, config.negative_min_offset, cache_bytes=config.face_cache_bytes, faces=faces
+    )
     if not train_source.clips:
         raise ConfigError(
             f"no training clip of {config.data.root} is long enough for {spec.frames}-frame pairs with "
             f"negatives {config.negative_min_offset} frames away",
             "prepare longer clips, or lower frames / negative_min_offset",
         )
-    val_source = SyncPairSource(split.val, spec, config.negative_min_offset, faces=faces)
+    val_source = SyncPairSource(
+        split.val, spec, config.negative_min_offset, cache_bytes=config.face_cache_bytes, faces=faces
+    )
     held_out = eval_pairs(val_source, config.eval_pairs)
     if not held_out and accelerator.is_main_process:
         log.warning("no held-out clips: set data.val_clips / val_speakers / val_fraction to measure accuracy")

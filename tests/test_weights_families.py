@@ -252,14 +252,16 @@ def test_sizes_within_their_bounds_cost_nothing_before_the_file_disagrees(
     config["transformer"].update(model_dim=4096, feedforward_dim=4096, layers=16, heads=16)
     config_path.write_text(json.dumps(config))
     script = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from lipsync.errors import WeightsError\n"
         "from lipsync.models.families import load_generator\n"
         "try:\n"
         f"    load_generator({str(weights)!r}, device='cpu', dtype='fp32')\n"
         "except WeightsError as error:\n"
         "    print('refused:', error.problem.splitlines()[0])\n"
-        "print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        # VmHWM: this program's own peak (ru_maxrss would count the forked test process's pages too)
+        "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())\n"
+        "print('peak MB', int(peak.group(1)) // 1024)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False

@@ -13,7 +13,7 @@ DEMO_VIDEO ?= $(MEDIA)/talk_c.mp4
 DEMO_AUDIO ?= $(MEDIA)/speech_44k_stereo.wav
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup demo eval live test lint pytest bench bench-live train-tiny clean
+.PHONY: setup demo eval live test lint pytest bench bench-live train-tiny learning-check-ci clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,18 @@ train-tiny: setup
 	$(LIPSYNC) train unet --config configs/train/unet-tiny.yaml
 	$(LIPSYNC) train unet --config configs/train/unet-tiny-stage2.yaml
 	$(LIPSYNC) dub $(DEMO_VIDEO) $(DEMO_AUDIO) -o out/train-tiny.mp4 --weights runs/unet-tiny-stage2/export
+
+# The short learning check of CI (after `make test`): a small controlled-sync corpus, then the Wav2Lip-style
+# SyncNet and the landmark transformer for a few minutes each, with pass lines; fails when a line is
+# missed. About 10 min on 2 CPU cores (configs/learning-check/corpus-ci.yaml).
+LC_CI_OUT ?= out/learning-check-ci
+LC_CI_FACES ?= $(MEDIA)/talk_a_22fps.mp4 $(MEDIA)/talk_b.mp4 $(MEDIA)/talk_c.mp4
+learning-check-ci: setup
+	rm -rf $(LC_CI_OUT)
+	mkdir -p $(LC_CI_OUT)
+	$(LIPSYNC) data synth $(LC_CI_OUT)/corpus --faces $(LC_CI_FACES) --minutes 3 --seed 7 -q
+	$(LIPSYNC) learning-check configs/learning-check/corpus-ci.yaml --corpus $(LC_CI_OUT)/corpus \
+		--out $(LC_CI_OUT)/run -q
 
 clean:
 	rm -rf out avatars $(TRAIN_SRC) $(TRAIN_DATA) runs/*-tiny runs/*-tiny-stage2 $(UNTRAINED_WEIGHTS) \

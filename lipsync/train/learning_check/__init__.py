@@ -7,6 +7,10 @@ from another frame, and the real tail itself). A recipe is a family's list of tr
 stage's output dubs, which one judges sync (if any) and its rows (`recipes.py`: the landmark-prior recipe
 adds a renderer driven by the real landmarks, and a landmark table, `landmarks.py`); the rest does not
 depend on the family.
+
+Corpus recipes (`corpus_config.py`, `corpus_split.py`, `corpus_run.py`) train instead on a controlled-sync
+corpus (`lipsync data synth`): held-out clips and one held-out person, scored against the corpus's known
+mouth opening, with pass lines.
 """
 
 from lipsync.train.learning_check.config import LearningCheckConfig, load_learning_check_config

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import Any
 
 COMMAND = "learning-check"
 
@@ -86,12 +87,7 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(words),
         score=not args.no_score,
     )
-    if result.report_md is None:
-        for record in result.stages:
-            print(f"{record.name}: {record.status}, {record.seconds:.0f} s")
-        return 0
-    print(result.markdown)
-    print(f"wrote {result.report_md} and {result.report_json}")
+    _print_result(result)
     return 0
 
 
@@ -116,15 +112,22 @@ def _run_corpus(args: argparse.Namespace, words: list[str]) -> int:
         command=shlex.join(words),
         score=not args.no_score,
     )
-    if result.report_md is None:
-        for record in result.stages:
-            print(f"{record.name}: {record.status}, {record.seconds:.0f} s")
+    if not _print_result(result):
         return 0
-    print(result.markdown)
-    print(f"wrote {result.report_md} and {result.report_json}")
     if not result.passed:
         missed = [line for line in result.lines if not line.passed]
         print(f"FAIL: {len(missed)} of {len(result.lines)} pass line(s) missed")
         return LINE_MISSED_EXIT
     print(f"PASS: all {len(result.lines)} pass line(s) met")
     return 0
+
+
+def _print_result(result: Any) -> bool:
+    """Each stage's status when nothing was scored (False), else the report and where it was written."""
+    if result.report_md is None:
+        for record in result.stages:
+            print(f"{record.name}: {record.status}, {record.seconds:.0f} s")
+        return False
+    print(result.markdown)
+    print(f"wrote {result.report_md} and {result.report_json}")
+    return True

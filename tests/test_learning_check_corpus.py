@@ -190,6 +190,14 @@ def _recipe(path: Path, body: str) -> Path:
             "corpus: {folder: CORPUS, held_out_fraction: 1.5}\nstages: [{name: syncnet, config: CONFIG}]\n",
             "1.5",
         ),
+        (
+            "corpus: {folder: CORPUS}\nstages: [{name: syncnet, config: CONFIG, max_seconds: -5}]\n",
+            r"stages\[0\]\.max_seconds is -5",
+        ),
+        (
+            "corpus: {folder: CORPUS}\nstages: [{name: syncnet, config: CONFIG, max_steps: 0}]\n",
+            "max_steps is 0",
+        ),
     ],
 )
 def test_bad_corpus_recipes_are_refused(tmp_path: Path, body: str, message: str) -> None:

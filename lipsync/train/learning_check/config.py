@@ -127,12 +127,15 @@ def check_config(config: LearningCheckConfig, source: str = "config") -> None:
             raise ConfigError(f"{where}.config is missing", "give the trainer's YAML for this stage")
         if not entry.config.is_file():
             raise ConfigError(f"{where}.config {entry.config} does not exist", "give an existing YAML file")
-        if entry.max_seconds is not None and not (entry.max_seconds > 0 and math.isfinite(entry.max_seconds)):
-            raise ConfigError(
-                f"{where}.max_seconds is {entry.max_seconds}", "give a positive number of seconds"
-            )
-        if entry.max_steps is not None and entry.max_steps < 1:
-            raise ConfigError(f"{where}.max_steps is {entry.max_steps}", "give 1 or more, or leave it out")
+        check_stage_budget(entry, where)
+
+
+def check_stage_budget(entry: StageEntry, where: str) -> None:
+    """A stage's time box and step cap, when given, are positive."""
+    if entry.max_seconds is not None and not (entry.max_seconds > 0 and math.isfinite(entry.max_seconds)):
+        raise ConfigError(f"{where}.max_seconds is {entry.max_seconds}", "give a positive number of seconds")
+    if entry.max_steps is not None and entry.max_steps < 1:
+        raise ConfigError(f"{where}.max_steps is {entry.max_steps}", "give 1 or more, or leave it out")
 
 
 def _check_prepare(prepare: PrepareSettings, source: str) -> None:

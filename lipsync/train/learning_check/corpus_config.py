@@ -6,14 +6,13 @@ folder; every key is checked (an unknown key, a wrong type or a bad value is a C
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from lipsync.train.config import ConfigError, load_config
-from lipsync.train.learning_check.config import PrepareSettings, StageEntry
+from lipsync.train.learning_check.config import PrepareSettings, StageEntry, check_stage_budget
 
 CORPUS_STAGES = ("syncnet", "avsyncnet", "landmarks")  # stage names of corpus mode: each names its trainer
 SPLITS = ("held_out", "person")  # held-out clips of the training persons; every clip of the held-out person
@@ -121,12 +120,7 @@ def check_corpus_config(config: CorpusCheckConfig, source: str = "config") -> No
         seen.add(entry.name)
         if entry.config is None or not entry.config.is_file():
             raise ConfigError(f"{where}.config {entry.config} does not exist", "give the trainer's YAML")
-        if entry.max_seconds is not None and not (entry.max_seconds > 0 and math.isfinite(entry.max_seconds)):
-            raise ConfigError(
-                f"{where}.max_seconds is {entry.max_seconds}", "give a positive number of seconds"
-            )
-        if entry.max_steps is not None and entry.max_steps < 1:
-            raise ConfigError(f"{where}.max_steps is {entry.max_steps}", "give 1 or more, or leave it out")
+        check_stage_budget(entry, where)
     for index, line in enumerate(config.pass_lines):
         check_pass_line(line, seen, f"{source}: pass_lines[{index}]")
     scoring = config.scoring

@@ -95,6 +95,19 @@ def tiny_avatars(tiny_generator: Generator, tmp_path_factory: pytest.TempPathFac
     return root, "talk_c"
 
 
+@pytest.fixture(scope="session")
+def family_scaffolds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny scaffolded weights (seed 0) of the stabilized-sync and landmark-prior families, by family name:
+    tests copy a folder before changing it."""
+    from lipsync.models import families
+
+    folders = {}
+    for name in ("stabilized-sync", "landmark-prior"):
+        folders[name] = tmp_path_factory.mktemp(name)
+        families.family(name).scaffold(folders[name], tiny=True)
+    return folders
+
+
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A headless Chromium for a module's browser tests (a persistent context: downloads allowed). Module

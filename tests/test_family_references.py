@@ -53,24 +53,17 @@ def drawing_network(generator: Generator) -> torch.nn.Module:
     return models.renderer if generator.info.family == "landmark-prior" else models.generator
 
 
-@pytest.fixture(scope="module")
-def scaffolds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folders = {}
-    for family in FAMILIES:
-        folders[family] = tmp_path_factory.mktemp(family)
-        families.family(family).scaffold(folders[family], tiny=True)
-    return folders
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_family_draws_the_frames_it_drew_when_recorded(family: str, scaffolds: dict[str, Path]) -> None:
+def test_each_family_draws_the_frames_it_drew_when_recorded(
+    family: str, family_scaffolds: dict[str, Path]
+) -> None:
     reference = load_reference(reference_file(family))
-    assert reference.mismatch("dub", dubbed_frames(fresh_generator(scaffolds[family]))) is None
+    assert reference.mismatch("dub", dubbed_frames(fresh_generator(family_scaffolds[family]))) is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_moved_weight_fails_the_comparison(family: str, scaffolds: dict[str, Path]) -> None:
-    generator = fresh_generator(scaffolds[family])
+def test_a_moved_weight_fails_the_comparison(family: str, family_scaffolds: dict[str, Path]) -> None:
+    generator = fresh_generator(family_scaffolds[family])
     *_, last = drawing_network(generator).parameters()  # of the layer that gives the pixels
     with torch.no_grad():
         last[(0,) * last.dim()] += 0.05  # one number

@@ -100,15 +100,6 @@ def test_scaffold_with_a_model_adds_its_entry(with_toy_family: None, tmp_path: P
 NETWORK_FILES = {"stabilized-sync": "generator.safetensors", "landmark-prior": "renderer.safetensors"}
 
 
-@pytest.fixture(scope="module")
-def family_scaffolds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folders = {}
-    for name in NETWORK_FILES:
-        folders[name] = tmp_path_factory.mktemp(name)
-        families.family(name).scaffold(folders[name], tiny=True)
-    return folders
-
-
 def damaged_copy(family_scaffolds: dict[str, Path], name: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(family_scaffolds[name], tmp_path / name))
 

@@ -485,7 +485,7 @@ def finish(client: Any, job_id: str) -> dict[str, Any]:
         seen.append(client.get(f"/api/jobs/{job_id}").json())
         return seen[-1].get("status") in ("done", "failed")
 
-    wait_until(finished, "the prepare job finished")
+    wait_until(finished, "the job finished")
     return seen[-1]
 
 
@@ -504,7 +504,7 @@ def test_prepare_job_reaches_done(fresh_server: Callable[..., Server], tmp_path:
         seen.append(status["progress"])
         return status["status"] in ("done", "failed")
 
-    wait_until(finished, "the prepare job finished")
+    wait_until(finished, "the job finished")
     status = client.get(f"/api/jobs/{job_id}").json()
     assert status == {
         "id": job_id,

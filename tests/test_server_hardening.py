@@ -19,6 +19,7 @@ from test_server import (
     LOOPBACK_URL,
     close_code,
     engine_parts,  # noqa: F401  (a fixture)
+    finish,
     loopback_client,
     ready,
     running_server,
@@ -87,17 +88,6 @@ def upload(client: Any, path: Path, name: str | None = None) -> str:
     assert answer.status_code == 201, answer.json()
     upload_id: str = answer.json()["upload"]
     return upload_id
-
-
-def finish(client: Any, job_id: str) -> dict[str, Any]:
-    seen: list[dict[str, Any]] = []
-
-    def finished() -> bool:
-        seen.append(client.get(f"/api/jobs/{job_id}").json())
-        return seen[-1].get("status") in ("done", "failed")
-
-    wait_until(finished, "the job finished")
-    return seen[-1]
 
 
 # --- host names and web pages --------------------------------------------------------------------------

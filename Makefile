@@ -13,7 +13,7 @@ DEMO_VIDEO ?= $(MEDIA)/talk_c.mp4
 DEMO_AUDIO ?= $(MEDIA)/speech_44k_stereo.wav
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup demo eval live test lint pytest bench bench-live train-tiny learning-check-ci clean
+.PHONY: setup demo eval live test lint pytest bench bench-live train-tiny learning-check-ci learning-check-all clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,15 @@ learning-check-ci: setup
 	$(LIPSYNC) data synth $(LC_CI_OUT)/corpus --faces $(LC_CI_FACES) --minutes 3 --seed 7 -q
 	$(LIPSYNC) learning-check configs/learning-check/corpus-ci.yaml --corpus $(LC_CI_OUT)/corpus \
 		--out $(LC_CI_OUT)/run -q
+
+# Every trainable model on an 8-minute controlled-sync corpus, every pass line (configs/learning-check/
+# corpus-all.yaml): at most 90 min on 2 CPU cores. The corpus is made once and kept; the run resumes.
+LC_ALL_OUT ?= out/learning-check-all
+learning-check-all: setup
+	test -f $(LC_ALL_OUT)/corpus/synth.json || $(LIPSYNC) data synth $(LC_ALL_OUT)/corpus --faces $(LC_CI_FACES) \
+		--minutes 8 --seed 3 -q
+	$(LIPSYNC) learning-check configs/learning-check/corpus-all.yaml --corpus $(LC_ALL_OUT)/corpus \
+		--out $(LC_ALL_OUT)/run
 
 clean:
 	rm -rf out avatars $(TRAIN_SRC) $(TRAIN_DATA) runs/*-tiny runs/*-tiny-stage2 $(UNTRAINED_WEIGHTS) \

@@ -24,7 +24,8 @@ from lipsync.train.learning_check.corpus_config import (
     is_corpus_recipe,
     load_corpus_config,
 )
-from lipsync.train.learning_check.corpus_run import LINE_MISSED_EXIT, judge_lines, predicted_landmarks
+from lipsync.train.learning_check.corpus_dubs import ClipReading, read_dub, split_figures
+from lipsync.train.learning_check.corpus_run import LINE_MISSED_EXIT, judge_lines, predicted_landmarks, spread
 from lipsync.train.learning_check.corpus_split import (
     CORPUS_SPLIT_FILE,
     PERSON_SOURCES,
@@ -150,7 +151,14 @@ def test_pass_lines_are_judged() -> None:
 def test_shipped_corpus_recipes_load(tmp_path: Path) -> None:
     corpus = fake_corpus(tmp_path / "c", {"ann": 2, "bob": 2})
     recipes = sorted((REPO / "configs" / "learning-check").glob("corpus-*.yaml"))
-    assert {r.name for r in recipes} >= {"corpus-syncnet.yaml", "corpus-landmarks.yaml", "corpus-ci.yaml"}
+    assert {r.name for r in recipes} >= {
+        "corpus-syncnet.yaml",
+        "corpus-landmarks.yaml",
+        "corpus-ci.yaml",
+        "corpus-stabilized.yaml",
+        "corpus-landmark-prior.yaml",
+        "corpus-all.yaml",
+    }
     for recipe in recipes:
         assert is_corpus_recipe(recipe)
         config = load_corpus_config(recipe, corpus=corpus, held_out_person="ann")
@@ -198,6 +206,19 @@ def _recipe(path: Path, body: str) -> Path:
             "corpus: {folder: CORPUS}\nstages: [{name: syncnet, config: CONFIG, max_steps: 0}]\n",
             "max_steps is 0",
         ),
+        (
+            "corpus: {folder: CORPUS}\nstages: [{name: avsyncnet, config: CONFIG}, "
+            "{name: talking, config: CONFIG}, {name: silent, config: CONFIG}]\n",
+            r"stages\[1\]: stage talking reads the output of silent, not before it",
+        ),
+        (
+            "corpus: {folder: CORPUS}\nstages: [{name: renderer, config: CONFIG}]\n",
+            "give the stages landmarks earlier",
+        ),
+        (
+            "corpus: {folder: CORPUS}\nstages: [{name: syncnet, config: CONFIG}]\nscoring: {dub_clips: 0}\n",
+            "dub_clips is 0",
+        ),
     ],
 )
 def test_bad_corpus_recipes_are_refused(tmp_path: Path, body: str, message: str) -> None:
@@ -205,6 +226,29 @@ def test_bad_corpus_recipes_are_refused(tmp_path: Path, body: str, message: str)
     text = body.replace("CORPUS", str(corpus)).replace("CONFIG", str(TRAIN_CONFIGS / "syncnet-tiny.yaml"))
     with pytest.raises(ConfigError, match=message):
         load_corpus_config(_recipe(tmp_path / "r.yaml", text))
+
+
+def test_a_split_figure_is_the_mean_over_its_clips() -> None:
+    readings = {
+        "model": [
+            ClipReading(0.9, 0, 0.9),
+            ClipReading(0.7, 1, 0.75),
+            ClipReading(math.nan, math.nan, math.nan),
+        ],
+        "shuffled": [ClipReading(-0.3, 2, 0.1), ClipReading(0.1, 0, 0.1)],
+    }
+    figures = split_figures(readings)
+    assert figures["r"] == pytest.approx(0.8) and figures["abs_r"] == pytest.approx(0.8)
+    assert figures["r_min"] == pytest.approx(0.7) and figures["r_max"] == pytest.approx(0.9)
+    assert figures["best_lag"] == pytest.approx(0.5) and figures["clips"] == 2
+    assert figures["r_shuffled"] == pytest.approx(-0.1) and figures["abs_r_shuffled"] == pytest.approx(0.1)
+    assert math.isnan(split_figures({"copied": []})["r_copied"])
+
+
+def test_dubbed_clips_are_spread_over_the_persons() -> None:
+    clips = [Path(f"{person}__{i}") for person in ("ann", "bob", "cy") for i in range(5)]
+    assert [c.name for c in spread(clips, 3)] == ["ann__0", "bob__0", "cy__0"]
+    assert spread(clips[:2], 4) == clips[:2]
 
 
 def test_corpus_options_need_a_corpus_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,3 +329,51 @@ def test_tiny_corpus_check_end_to_end(
             generator.config.landmark_references,
         )
     np.testing.assert_allclose(points[centres][..., CONTENT_POINTS], expected, atol=1e-5)
+
+
+GENERATOR_RECIPE = """
+corpus: {{held_out_fraction: 0.3}}
+prepare: {{clip_seconds: 12.0, min_face_size: 0, jobs: 1}}
+stages:
+  - {{name: avsyncnet, config: {avsyncnet}, max_seconds: 60, max_steps: 1}}
+  - {{name: silent, config: {silent}, max_seconds: 60, max_steps: 1}}
+  - {{name: talking, config: {talking}, max_seconds: 60, max_steps: 1}}
+  - {{name: landmarks, config: {landmarks}, max_seconds: 60, max_steps: 1}}
+  - {{name: renderer, config: {renderer}, max_seconds: 60, max_steps: 1}}
+scoring: {{eval_pairs: 16, max_clips: 1, dub_clips: 1}}
+pass_lines:
+  - {{stage: talking, split: held_out, metric: abs_r_copied, at_most: 1.0}}
+  - {{stage: renderer, split: person, metric: r_real_landmarks, at_least: -1.0}}
+"""
+
+
+def test_tiny_corpus_generators_are_scored_by_their_dubs(tiny_corpus: Path, tmp_path: Path) -> None:
+    configs = {
+        "avsyncnet": TRAIN_CONFIGS / "avsyncnet-tiny.yaml",
+        "silent": TRAIN_CONFIGS / "stabilized-silent-tiny.yaml",
+        "talking": TRAIN_CONFIGS / "stabilized-talking-tiny.yaml",
+        "landmarks": TRAIN_CONFIGS / "landmarks-tiny.yaml",
+        "renderer": TRAIN_CONFIGS / "renderer-tiny.yaml",
+    }
+    recipe = _recipe(tmp_path / "generators.yaml", GENERATOR_RECIPE.format(**configs))
+    out = tmp_path / "run"
+    args = ["learning-check", str(recipe), "--corpus", str(tiny_corpus), "--out", str(out), "-q"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [line["passed"] for line in report["pass_lines"]] == [True, True]
+    for stage, rows in (("silent", 3), ("talking", 3), ("renderer", 4)):
+        for split in ("held_out", "person"):
+            figures = report["scores"][stage][split]
+            assert figures["clips"] <= 1
+            for metric in ("r", "r_shuffled", "r_copied"):
+                assert metric in figures and f"abs_{metric}" in figures
+            # every row's dub is kept beside the run, one clip per split
+            dubs = sorted((out / "dubs" / stage / split).glob("*/*.mp4"))
+            assert len(dubs) == rows, dubs
+    assert "r_real_landmarks" in report["scores"]["renderer"]["held_out"]
+    assert "r_real_landmarks" not in report["scores"]["talking"]["held_out"]
+
+    # The meter reads the corpus clip itself (no dub) as following its own opening.
+    source = sorted((tiny_corpus / "talk_b").glob("clip_*.mp4"))[0]
+    opening = np.load(source.with_name(source.stem + ".opening.npy"))
+    assert read_dub(source, opening).r > 0.8

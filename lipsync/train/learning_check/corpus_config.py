@@ -14,12 +14,38 @@ import yaml
 from lipsync.train.config import ConfigError, load_config
 from lipsync.train.learning_check.config import PrepareSettings, StageEntry, check_stage_budget
 
-CORPUS_STAGES = ("syncnet", "avsyncnet", "landmarks")  # stage names of corpus mode: each names its trainer
+# Stage names of corpus mode: each names its trainer, and the stages whose output it reads (which must come
+# earlier in the recipe): the stabilized-sync G_S and G_L read AVSyncNet (its audio encoder gives F_A, and
+# G_L's sync loss), G_L reads G_S (it closes the identity references); the renderer is exported with the
+# transformer.
+CORPUS_STAGES: dict[str, tuple[str, ...]] = {
+    "syncnet": (),
+    "avsyncnet": (),
+    "silent": ("avsyncnet",),
+    "talking": ("avsyncnet", "silent"),
+    "landmarks": (),
+    "renderer": ("landmarks",),
+}
 SPLITS = ("held_out", "person")  # held-out clips of the training persons; every clip of the held-out person
+SYNCNET_METRICS = ("accuracy", "auc", "loss")
+DUB_METRICS = (  # a generator's dubs (corpus_dubs.py)
+    "r",
+    "abs_r",
+    "r_shuffled",
+    "abs_r_shuffled",
+    "r_copied",
+    "abs_r_copied",
+    "r_min",
+    "r_max",
+    "best_lag",
+)
 METRICS = {
-    "syncnet": ("accuracy", "auc", "loss"),
-    "avsyncnet": ("accuracy", "auc", "loss"),
+    "syncnet": SYNCNET_METRICS,
+    "avsyncnet": SYNCNET_METRICS,
+    "silent": DUB_METRICS,
+    "talking": DUB_METRICS,
     "landmarks": ("r", "abs_r", "r_shuffled", "abs_r_shuffled", "r_min", "r_max", "r_real"),
+    "renderer": (*DUB_METRICS, "r_real_landmarks", "abs_r_real_landmarks"),
 }
 
 
@@ -56,6 +82,7 @@ class CorpusScoring:
     shuffle_piece_seconds: float = 0.2  # the landmark control's audio is shuffled in pieces this long
     seed: int = 41  # the shuffled audio's order
     max_clips: int | None = None  # clips scored per split (the first by name); None: all
+    dub_clips: int = 4  # of those, the clips a generator dubs, spread over them (3-4 dubs each, each tracked)
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,12 @@ def check_corpus_config(config: CorpusCheckConfig, source: str = "config") -> No
             raise ConfigError(f"{where}.name is {entry.name!r}", f"use one of {', '.join(CORPUS_STAGES)}")
         if entry.name in seen:
             raise ConfigError(f"{where}.name {entry.name!r} is given twice", "give each stage once")
+        missing = [need for need in CORPUS_STAGES[entry.name] if need not in seen]
+        if missing:
+            raise ConfigError(
+                f"{where}: stage {entry.name} reads the output of {', '.join(missing)}, not before it",
+                f"give the stages {', '.join(missing)} earlier in the recipe",
+            )
         seen.add(entry.name)
         if entry.config is None or not entry.config.is_file():
             raise ConfigError(f"{where}.config {entry.config} does not exist", "give the trainer's YAML")
@@ -130,6 +163,8 @@ def check_corpus_config(config: CorpusCheckConfig, source: str = "config") -> No
         raise ConfigError(
             f"{source}: scoring.max_clips is {scoring.max_clips}", "give 1 or more, or leave it out"
         )
+    if scoring.dub_clips < 1:
+        raise ConfigError(f"{source}: scoring.dub_clips is {scoring.dub_clips}", "give 1 or more")
     if not scoring.shuffle_piece_seconds > 0:
         raise ConfigError(
             f"{source}: scoring.shuffle_piece_seconds is {scoring.shuffle_piece_seconds}",

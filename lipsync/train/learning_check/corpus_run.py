@@ -43,6 +43,7 @@ from lipsync.train.learning_check.corpus_config import (
     PassLine,
     load_corpus_config,
 )
+from lipsync.train.learning_check.corpus_dubs import dub_split_scores, nan_mean
 from lipsync.train.learning_check.corpus_split import (
     OPENING_SUFFIX,
     PERSON_SOURCES,
@@ -53,7 +54,7 @@ from lipsync.train.learning_check.corpus_split import (
     split_corpus,
     write_split,
 )
-from lipsync.train.learning_check.recipes import LandmarksStage, SyncNetStage
+from lipsync.train.learning_check.recipes import LandmarksStage, RendererStage, StabilizedStage, SyncNetStage
 from lipsync.train.learning_check.stages import (
     STAGES_DIR,
     Stage,
@@ -63,6 +64,7 @@ from lipsync.train.learning_check.stages import (
 )
 
 DATASET_DIR, PERSON_DATASET_DIR = "dataset", "dataset-person"
+DUBS_DIR = "dubs"  # OUT/dubs/STAGE/SPLIT/PERSON-CLIP: a generator's scored dubs
 SPLIT, PREPARE = "split", "prepare"
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 LINE_MISSED_EXIT = 3  # trained and scored, but a pass line was missed
@@ -74,11 +76,27 @@ Scores = dict[str, dict[str, dict[str, float]]]  # stage -> split -> metric -> v
 
 
 def corpus_stage(name: str) -> Stage:
-    """The stage a corpus recipe's stage name stands for."""
+    """The stage a corpus recipe's stage name stands for (corpus_config.CORPUS_STAGES)."""
     if name == "syncnet":
         return SyncNetStage("syncnet", ("wav2lip", "stable"), "Wav2Lip-style SyncNet (`train syncnet`)")
     if name == "avsyncnet":
         return SyncNetStage("avsyncnet", ("avsyncnet",), "AVSyncNet (`train syncnet`, kind avsyncnet)")
+    if name == "silent":
+        return StabilizedStage(
+            "silent", "silent", "avsyncnet", None, "stabilized-sync G_S, the silent-lip generator"
+        )
+    if name == "talking":
+        return StabilizedStage(
+            "talking",
+            "talking",
+            "avsyncnet",
+            "silent",
+            "stabilized-sync G_L: L_ss with AVSyncNet, G_S references",
+        )
+    if name == "renderer":
+        return RendererStage(
+            "renderer", "landmarks", "landmark-prior M_a + M_r, exported with the transformer"
+        )
     return LandmarksStage("landmarks", "the landmark-prior audio-to-landmark transformer (`train landmarks`)")
 
 
@@ -193,7 +211,7 @@ def run_corpus_check(
     scores: Scores = {}
     for stage in stages:
         say(f"scoring: {stage.name}")
-        scores[stage.name] = score_stage(stage, configs[stage.name], context, out, split, config.scoring)
+        scores[stage.name] = score_stage(stage, configs[stage.name], context, out, split, config.scoring, say)
     records.append(
         StageRecord(
             "scoring", "ran", round(time.monotonic() - scoring_started, 2), {}, "score the held-out clips"
@@ -328,8 +346,21 @@ def split_folders(context: StageContext, out: Path, max_clips: int | None = None
     return {name: clips[:max_clips] for name, clips in folders.items()}
 
 
+def spread(clips: list[Path], count: int) -> list[Path]:
+    """`count` of `clips` spread evenly over the list (sorted by person, so every person has a share)."""
+    if len(clips) <= count:
+        return clips
+    return [clips[index * len(clips) // count] for index in range(count)]
+
+
 def score_stage(
-    stage: Stage, config: Any, context: StageContext, out: Path, split: CorpusSplit, scoring: CorpusScoring
+    stage: Stage,
+    config: Any,
+    context: StageContext,
+    out: Path,
+    split: CorpusSplit,
+    scoring: CorpusScoring,
+    say: Say = _print,
 ) -> dict[str, dict[str, float]]:
     folders = split_folders(context, out, scoring.max_clips)
     if isinstance(stage, SyncNetStage):
@@ -337,7 +368,11 @@ def score_stage(
             name: syncnet_scores(config, context.outputs[stage.name], f, scoring)
             for name, f in folders.items()
         }
-    return landmark_split_scores(context.outputs[stage.name], folders, Path(split.corpus), scoring)
+    if isinstance(stage, LandmarksStage):
+        return landmark_split_scores(context.outputs[stage.name], folders, Path(split.corpus), scoring)
+    dubbed = {name: spread(clips, scoring.dub_clips) for name, clips in folders.items()}
+    work = out / DUBS_DIR / stage.name
+    return dub_split_scores(context.outputs[stage.name], dubbed, Path(split.corpus), scoring, work, say)
 
 
 def syncnet_scores(
@@ -385,20 +420,16 @@ def landmark_split_scores(
         readings = readings.reshape(-1, 3)
         r, shuffled, real = readings[:, 0], readings[:, 1], readings[:, 2]
         scores[name] = {
-            "r": _mean(r),
-            "abs_r": abs(_mean(r)),
-            "r_shuffled": _mean(shuffled),
-            "abs_r_shuffled": abs(_mean(shuffled)),
+            "r": nan_mean(r),
+            "abs_r": abs(nan_mean(r)),
+            "r_shuffled": nan_mean(shuffled),
+            "abs_r_shuffled": abs(nan_mean(shuffled)),
             "r_min": float(np.nanmin(r)) if np.isfinite(r).any() else math.nan,
             "r_max": float(np.nanmax(r)) if np.isfinite(r).any() else math.nan,
-            "r_real": _mean(real),
+            "r_real": nan_mean(real),
             "clips": int(np.isfinite(r).sum()),
         }
     return scores
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
 def clip_lip_gap_r(

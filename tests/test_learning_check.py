@@ -137,6 +137,8 @@ def test_report_has_four_rows_with_finite_trained_metrics(check: dict[str, Any])
         for clip in data["per_clip"].values():
             assert np.isfinite(clip["trained"][key]["value"])
     assert data["mean"]["real"]["lmd"]["value"] == 0.0
+    assert data["mean"]["real"]["lip_sync_r"]["value"] == pytest.approx(1.0)  # the meter against itself
+    assert "lip_sync_r" in data["mean"]["trained"]
     names = ["split", "prepare", "avsyncnet", "silent", "talking", "judge", "scoring"]
     assert [stage["name"] for stage in data["stages"]] == names
     assert all(stage["summary"]["steps"] == STEPS for stage in data["stages"][2:6])

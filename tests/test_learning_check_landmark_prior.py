@@ -112,6 +112,7 @@ def test_report_has_the_dubbed_rows_with_finite_values(check: dict[str, Any]) ->
             value = data["mean"][row][key]["value"]
             assert isinstance(value, float) and np.isfinite(value), (row, key, value)
     assert data["mean"]["real"]["lmd"]["value"] == 0.0
+    assert data["mean"]["real"]["lip_sync_r"]["value"] == pytest.approx(1.0)  # the meter against itself
     assert data["mean"]["predicted landmarks"]["judge_confidence"]["value"] is None  # no judge
     assert [s["name"] for s in data["stages"]] == ["split", "prepare", "landmarks", "renderer", "scoring"]
     assert all(stage["summary"]["steps"] == STEPS for stage in data["stages"][2:4])

@@ -295,3 +295,22 @@ def test_crop_mouths_backprops_and_resizes() -> None:
 
 def test_l1_loss() -> None:
     assert l1_loss(torch.zeros(2, 3), torch.full((2, 3), -0.5)).item() == 0.5
+
+
+@pytest.mark.parametrize("config_name", ["stabilized-silent-tiny", "renderer-tiny"])
+def test_the_untrained_vgg_warning_names_the_key_of_the_trainers_config(config_name: str) -> None:
+    from lipsync.train.config import RendererTrainConfig, StabilizedTrainConfig, load_config
+    from lipsync.train.renderer_losses import vgg_losses
+    from lipsync.train.stabilized_config import loss_weights
+    from lipsync.train.stabilized_losses import GeneratorLosses
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "train" / f"{config_name}.yaml"
+    with pytest.warns(UntrainedPerceptualWarning, match=r"set loss\.vgg19_weights to"):
+        if config_name.startswith("stabilized"):
+            stabilized = load_config(path, StabilizedTrainConfig)
+            assert stabilized.loss.vgg19_weights is None
+            GeneratorLosses(stabilized, loss_weights(stabilized), None)
+        else:
+            renderer = load_config(path, RendererTrainConfig)
+            assert renderer.loss.vgg19_weights is None
+            vgg_losses(renderer)

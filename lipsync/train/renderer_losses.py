@@ -42,7 +42,7 @@ def vgg_losses(config: RendererTrainConfig) -> VGGLosses:
         input_size=config.face_size,
         scales=(1.0,),
     )
-    return VGGLosses(PerceptualLoss(perceptual).vgg)
+    return VGGLosses(PerceptualLoss(perceptual, "loss.vgg19_weights").vgg)
 
 
 def discriminator(config: RendererTrainConfig) -> MultiscaleDiscriminator:

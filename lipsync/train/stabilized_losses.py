@@ -114,7 +114,7 @@ class GeneratorLosses(nn.Module):
                 from dataclasses import replace
 
                 net = replace(net, width_divisor=config.loss.vgg_width_divisor)
-            self.perceptual = PerceptualLoss(net)
+            self.perceptual = PerceptualLoss(net, "loss.vgg19_weights")
         if weights.triplet > 0 and self.perceptual is not None:
             kind = VanillaTripletLoss if config.loss.triplet_loss == "vanilla" else AdaptiveTripletLoss
             self.triplet = kind(self.perceptual.vgg)

@@ -29,6 +29,7 @@ class Column:
 
 COLUMNS = (
     Column("lmd", "mouth LMD ↓", 4),
+    Column("lip_sync_r", "lip-sync r ↑", 3),  # the dub's lip gap against the real tail's (lip_sync_meter)
     Column("judge_confidence", "judge sync conf. ↑", 3, optional=True),  # without a judge: no value
     Column("judge_offset", "judge offset →0", 1, optional=True),
     Column("psnr", "PSNR face ↑", 2),
@@ -37,7 +38,7 @@ COLUMNS = (
     Column("lse_d", "LSE-D ↓", 3, optional=True),
 )
 
-REAL_MEANING = "the tail itself (the ceiling for sync; LMD 0 and PSNR inf by definition)"
+REAL_MEANING = "the tail itself (the ceiling for sync; LMD 0, lip-sync r 1 and PSNR inf by definition)"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Dub every tail (the recipe's rows: the trained model, its controls) and score it against the real tail.
 
 Each video is scored by `lipsync eval` itself (lipsync.eval.run.evaluate) against the tail, with the tail's
-own audio: mouth LMD, the judge SyncNet's confidence and offset (when the recipe has a judge), PSNR/SSIM of
-the face crop, and LSE when syncnet_v2 weights are given. The dubs are made with `silence: generate`, so
+own audio: mouth LMD, the lip-sync meter's r (the dub's lip gap against the real tail's, frame by frame),
+the judge SyncNet's confidence and offset (when the recipe has a judge), PSNR/SSIM of the face crop, and
+LSE when syncnet_v2 weights are given. The dubs are made with `silence: generate`, so
 every frame of the tail shows a generated (or copied) mouth, pauses included: nothing of the real mouth is
 kept.
 """
@@ -28,6 +29,7 @@ NO_WEIGHTS_DIR = "no-eval-weights"  # an empty folder: only the weight-free metr
 # report key -> `lipsync eval` metric key
 METRICS: dict[str, str] = {
     "lmd": "lmd",
+    "lip_sync_r": "lip_sync_r",
     "judge_confidence": "own_sync_confidence",
     "judge_offset": "own_sync_offset",
     "psnr": "psnr",

@@ -188,7 +188,10 @@ class PerceptualLoss(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, config: PerceptualConfig) -> None:
+    def __init__(
+        self, config: PerceptualConfig, weights_key: str = "loss.perceptual_net.vgg19_weights"
+    ) -> None:
+        """`weights_key`: where the trainer's config takes the VGG19 file (named in the untrained warning)."""
         super().__init__()
         weights = tuple(float(w) for w in config.layer_weights)
         if len(weights) != len(VGG_SLICE_ENDS) or sum(weights) <= 0:
@@ -216,7 +219,7 @@ class PerceptualLoss(nn.Module):
         else:
             warnings.warn(
                 "the perceptual loss is UNTRAINED: its VGG19 is randomly initialised (acceptable in tests "
-                f"only); set loss.perceptual_net.vgg19_weights to torchvision's {VGG19_FILE_NAME}",
+                f"only); set {weights_key} to torchvision's {VGG19_FILE_NAME}",
                 UntrainedPerceptualWarning,
                 stacklevel=2,
             )

@@ -93,8 +93,8 @@ learning-check-ci: setup
 		--out $(LC_CI_OUT)/run -q
 
 # Every trainable model on an 8-minute controlled-sync corpus, every pass line (configs/learning-check/
-# corpus-all.yaml): the check took 86 min on 2 CPU cores, after the corpus (made once and kept; the run
-# resumes finished stages).
+# corpus-all.yaml): about 87 min on 2 CPU cores, after the corpus (made once and kept; the run resumes
+# finished stages).
 LC_ALL_OUT ?= out/learning-check-all
 learning-check-all: setup
 	test -f $(LC_ALL_OUT)/corpus/synth.json || $(LIPSYNC) data synth $(LC_ALL_OUT)/corpus --faces $(LC_CI_FACES) \

@@ -6,6 +6,7 @@ folder; every key is checked (an unknown key, a wrong type or a bad value is a C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,18 +14,36 @@ import yaml
 
 from lipsync.train.config import ConfigError, load_config
 from lipsync.train.learning_check.config import PrepareSettings, StageEntry, check_stage_budget
+from lipsync.train.learning_check.recipes import LandmarksStage, RendererStage, StabilizedStage, SyncNetStage
+from lipsync.train.learning_check.stages import Stage
 
-# Stage names of corpus mode: each names its trainer, and the stages whose output it reads (which must come
-# earlier in the recipe): the stabilized-sync G_S and G_L read AVSyncNet (its audio encoder gives F_A, and
-# G_L's sync loss), G_L reads G_S (it closes the identity references); the renderer is exported with the
-# transformer.
-CORPUS_STAGES: dict[str, tuple[str, ...]] = {
-    "syncnet": (),
-    "avsyncnet": (),
-    "silent": ("avsyncnet",),
-    "talking": ("avsyncnet", "silent"),
-    "landmarks": (),
-    "renderer": ("landmarks",),
+# The stages of corpus mode by name, each wrapping its trainer; a stage's `needs` (the stages whose output it
+# reads) must come earlier in the recipe: the stabilized-sync G_S and G_L read AVSyncNet (its audio encoder
+# gives F_A, and G_L's sync loss), G_L reads G_S (it closes the identity references); the renderer is
+# exported with the transformer.
+CORPUS_STAGES: dict[str, Callable[[], Stage]] = {
+    "syncnet": lambda: SyncNetStage(
+        "syncnet", ("wav2lip", "stable"), "Wav2Lip-style SyncNet (`train syncnet`)"
+    ),
+    "avsyncnet": lambda: SyncNetStage(
+        "avsyncnet", ("avsyncnet",), "AVSyncNet (`train syncnet`, kind avsyncnet)"
+    ),
+    "silent": lambda: StabilizedStage(
+        "silent", "silent", "avsyncnet", None, "stabilized-sync G_S, the silent-lip generator"
+    ),
+    "talking": lambda: StabilizedStage(
+        "talking",
+        "talking",
+        "avsyncnet",
+        "silent",
+        "stabilized-sync G_L: L_ss with AVSyncNet, G_S references",
+    ),
+    "landmarks": lambda: LandmarksStage(
+        "landmarks", "the landmark-prior audio-to-landmark transformer (`train landmarks`)"
+    ),
+    "renderer": lambda: RendererStage(
+        "renderer", "landmarks", "landmark-prior M_a + M_r, exported with the transformer"
+    ),
 }
 SPLITS = ("held_out", "person")  # held-out clips of the training persons; every clip of the held-out person
 SYNCNET_METRICS = ("accuracy", "auc", "loss")
@@ -144,7 +163,7 @@ def check_corpus_config(config: CorpusCheckConfig, source: str = "config") -> No
             raise ConfigError(f"{where}.name is {entry.name!r}", f"use one of {', '.join(CORPUS_STAGES)}")
         if entry.name in seen:
             raise ConfigError(f"{where}.name {entry.name!r} is given twice", "give each stage once")
-        missing = [need for need in CORPUS_STAGES[entry.name] if need not in seen]
+        missing = [need for need in CORPUS_STAGES[entry.name]().needs if need not in seen]
         if missing:
             raise ConfigError(
                 f"{where}: stage {entry.name} reads the output of {', '.join(missing)}, not before it",

@@ -31,7 +31,6 @@ from lipsync.train.learning_check.corpus_config import CorpusScoring
 if TYPE_CHECKING:
     from lipsync.pipeline.dub import DubPipeline
 
-ROWS = ("model", "shuffled", "copied")
 REAL_LANDMARKS = "real_landmarks"
 COPY_MIN_DISTANCE = 10  # frames between a frame and its donor: 0.4 s, beyond one syllable's opening
 

@@ -38,6 +38,7 @@ from lipsync.io.files import atomic_path
 from lipsync.train.config import ConfigError
 from lipsync.train.learning_check.config import StageEntry
 from lipsync.train.learning_check.corpus_config import (
+    CORPUS_STAGES,
     CorpusCheckConfig,
     CorpusScoring,
     PassLine,
@@ -54,7 +55,7 @@ from lipsync.train.learning_check.corpus_split import (
     split_corpus,
     write_split,
 )
-from lipsync.train.learning_check.recipes import LandmarksStage, RendererStage, StabilizedStage, SyncNetStage
+from lipsync.train.learning_check.recipes import LandmarksStage, SyncNetStage
 from lipsync.train.learning_check.stages import (
     STAGES_DIR,
     Stage,
@@ -73,31 +74,6 @@ LANDMARK_BATCH = 64  # frames per transformer pass when scoring
 
 Say = Callable[[str], None]
 Scores = dict[str, dict[str, dict[str, float]]]  # stage -> split -> metric -> value
-
-
-def corpus_stage(name: str) -> Stage:
-    """The stage a corpus recipe's stage name stands for (corpus_config.CORPUS_STAGES)."""
-    if name == "syncnet":
-        return SyncNetStage("syncnet", ("wav2lip", "stable"), "Wav2Lip-style SyncNet (`train syncnet`)")
-    if name == "avsyncnet":
-        return SyncNetStage("avsyncnet", ("avsyncnet",), "AVSyncNet (`train syncnet`, kind avsyncnet)")
-    if name == "silent":
-        return StabilizedStage(
-            "silent", "silent", "avsyncnet", None, "stabilized-sync G_S, the silent-lip generator"
-        )
-    if name == "talking":
-        return StabilizedStage(
-            "talking",
-            "talking",
-            "avsyncnet",
-            "silent",
-            "stabilized-sync G_L: L_ss with AVSyncNet, G_S references",
-        )
-    if name == "renderer":
-        return RendererStage(
-            "renderer", "landmarks", "landmark-prior M_a + M_r, exported with the transformer"
-        )
-    return LandmarksStage("landmarks", "the landmark-prior audio-to-landmark transformer (`train landmarks`)")
 
 
 @dataclass(frozen=True)
@@ -177,7 +153,7 @@ def run_corpus_check(
         raise ConfigError(
             f"--budget-scale is {budget_scale}", "give a positive factor (1 = the recipe's boxes)"
         )
-    stages = [corpus_stage(entry.name) for entry in config.stages]
+    stages = [CORPUS_STAGES[entry.name]() for entry in config.stages]
     entries = {entry.name: entry for entry in config.stages}
     known = [SPLIT, PREPARE, *entries]
     unknown = [name for name in force_stages if name not in known]
